@@ -1,0 +1,170 @@
+"""What every dataset's DataModule shares: config checks, the two transform halves, the batch hook.
+
+Subclasses set ``num_classes`` and ``class_names`` in ``__init__`` (cheaply:
+no image is decoded there) and build ``self.train_set``/``self.val_set`` in
+``setup``. Batches leave the DataLoader as uint8; ``on_after_batch_transfer``
+turns them into what the model sees, on the device:
+
+    train: x float32 (B, C, crop, crop), y int64 (B,)
+    val/test: x float32 (B, C, crop, crop), or (B, 10, C, crop, crop) with eval_crops=10
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from ..errors import ConfigError
+from .augment import IMAGENET_EIGVAL, IMAGENET_EIGVEC, Lighting
+from .presets import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    NORMALIZE,
+    BatchEvalTransform,
+    BatchTrainAugment,
+    Normalization,
+    PerImage,
+    load_eval,
+)
+from .stats import PixelStats
+
+
+class AlexNetDataModule(L.LightningDataModule):
+    """The common keys of ``conf/data/*.yaml``; see those files for their meaning."""
+
+    num_classes: int
+    class_names: list[str]
+    # The training set's per-channel pixel mean and std on a 0-1 scale; a
+    # data.pca_file written by scripts/compute_pca.py replaces them.
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+
+    def __init__(
+        self,
+        root: str | None = None,
+        batch_size: int = 128,  # Section 5
+        num_workers: int = 4,
+        crop_size: int = 224,  # Section 4.1: 224x224 patches
+        resize_size: int = 256,  # Section 2: shorter side to 256
+        center_crop: bool = True,  # Section 2: the central 256x256 square
+        flip: bool = True,  # Section 4.1
+        padding: int = 0,
+        pca_std: float = 0.1,  # Section 4.1: alpha ~ N(0, 0.1)
+        pca_file: str | None = None,
+        normalize: str = "paper",
+        eval_crops: int = 1,
+        max_bad_images: int = 10,
+        channels: int = 3,
+        seed: int = 0,
+        pin_memory: bool | None = None,
+        persistent_workers: bool = True,
+        batch_augment: bool = True,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.root = Path(root).expanduser() if root not in (None, "") else None
+        self.batch_size, self.num_workers, self.crop_size = batch_size, num_workers, crop_size
+        self.resize_size, self.center_crop, self.channels, self.seed = resize_size, center_crop, channels, seed
+        self.eval_crops, self.max_bad_images, self.batch_augment = eval_crops, max_bad_images, batch_augment
+        self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
+        self.persistent_workers = persistent_workers
+        self._check(batch_size, num_workers, crop_size, resize_size, padding, pca_std, normalize, eval_crops, max_bad_images, channels)
+
+        stats = PixelStats.load(pca_file) if pca_file else None
+        mean, std = (stats.mean, stats.std) if stats else (self.mean, self.std)
+        self.norm = Normalization(normalize, tuple(mean), tuple(std)).for_channels(channels)
+        eig = (stats.eigval, stats.eigvec) if stats else (IMAGENET_EIGVAL, IMAGENET_EIGVEC)
+        # The lighting noise is defined on 0-1 pixels; it scales with the range in use.
+        self.lighting = Lighting(pca_std, *eig, scale=self.norm.scale, channels=channels)
+        self.train_batch = BatchTrainAugment(crop_size, padding, flip, self.lighting, self.norm)
+        self.eval_batch = BatchEvalTransform(crop_size, eval_crops, self.norm)
+        self.bad_images: list[str] = []
+        self.train_set: Dataset | None = None
+        self.val_set: Dataset | None = None
+
+    @staticmethod
+    def _check(batch_size, num_workers, crop_size, resize_size, padding, pca_std, normalize, eval_crops, max_bad, channels):
+        def need(ok: bool, key: str, message: str) -> None:
+            if not ok:
+                raise ConfigError(f"data.{key}", message)
+
+        need(isinstance(batch_size, int) and batch_size > 0, "batch_size", f"must be a positive integer, got {batch_size!r}")
+        need(isinstance(num_workers, int) and num_workers >= 0, "num_workers", f"must be >= 0, got {num_workers!r}")
+        need(isinstance(crop_size, int) and crop_size > 0, "crop_size", f"must be a positive integer, got {crop_size!r}")
+        need(
+            isinstance(resize_size, int) and resize_size >= crop_size,
+            "crop_size",
+            f"crop_size {crop_size} is larger than data.resize_size {resize_size}",
+        )
+        need(isinstance(padding, int) and padding >= 0, "padding", f"must be >= 0, got {padding!r}")
+        need(pca_std >= 0, "pca_std", f"must be >= 0 (0 disables lighting), got {pca_std}")
+        need(normalize in NORMALIZE, "normalize", f"must be one of {', '.join(NORMALIZE)}, got {normalize!r}")
+        need(eval_crops in (1, 10), "eval_crops", f"must be 1 (centre crop) or 10 (Section 4.1), got {eval_crops!r}")
+        need(isinstance(max_bad, int) and max_bad >= 0, "max_bad_images", f"must be >= 0, got {max_bad!r}")
+        need(channels in (1, 3), "channels", f"must be 3 (RGB) or 1 (grayscale), got {channels!r}")
+
+    # ---- what the model sees -------------------------------------------------
+
+    def eval_transform(self, image) -> torch.Tensor:
+        """Exactly what the model sees at evaluation for one PIL image:
+        normalised float32 (C, crop, crop), or (10, C, crop, crop) with eval_crops=10."""
+        x = load_eval(self.resize_size, self.channels)(image.convert("RGB"))
+        return self.eval_batch(x.unsqueeze(0))[0]
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        """The batch half of the transforms, on the device (Lightning calls this
+        after moving the batch). Also counts the images the workers could not read."""
+        x, y, *bad = batch
+        if bad:
+            self._count_bad(bad[0])
+        if x.dtype == torch.uint8:  # with batch_augment=False the workers already did it
+            training = self.trainer is not None and self.trainer.training
+            x = self.train_batch(x) if training else self.eval_batch(x)
+        return x, y
+
+    def _count_bad(self, paths: list[str]) -> None:
+        for p in paths:
+            self.bad_images.append(p)
+            warnings.warn(f"skipped unreadable image {p} ({len(self.bad_images)} so far)", stacklevel=2)
+        if len(self.bad_images) > self.max_bad_images:
+            raise ConfigError(
+                "data.max_bad_images",
+                f"{len(self.bad_images)} unreadable images, more than the {self.max_bad_images} allowed:\n  "
+                + "\n  ".join(self.bad_images),
+            )
+
+    # ---- loaders -------------------------------------------------------------
+
+    def _loader(self, dataset: Dataset, shuffle: bool, **kwargs) -> DataLoader:
+        workers = kwargs.pop("num_workers", self.num_workers)
+        generator = torch.Generator().manual_seed(self.seed) if shuffle else None
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            num_workers=workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.persistent_workers and workers > 0,
+            generator=generator,
+            **kwargs,
+        )
+
+    def _need_setup(self) -> None:
+        if self.train_set is None:
+            self.setup("fit")
+
+    def per_image(self, load, batch):
+        """The worker-side transform: the load half, plus the batch half when not batched."""
+        return PerImage(load, None if self.batch_augment else batch)
+
+    def train_pixels(self, max_images: int, batch_size: int = 256):
+        """Training images without augmentation, uint8 (B, 3, H, W) batches, at
+        most ``max_images`` of them drawn at random: for scripts/compute_pca.py."""
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(root={self.root}, classes={self.num_classes}, {self.train_batch!r}, {self.eval_batch!r})"

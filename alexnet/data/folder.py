@@ -1,0 +1,135 @@
+"""Class-per-folder image datasets (ImageNet's layout): listing, decoding, skipping bad files."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torch.utils.data import Dataset, default_collate
+from torchvision.datasets.folder import IMG_EXTENSIONS
+
+from ..errors import ConfigError
+
+
+def is_hidden(name: str) -> bool:
+    return name.startswith(".")
+
+
+def find_classes(directory: Path) -> list[str]:
+    """The sorted class folders of a split.
+
+    Written here rather than torchvision's ``find_classes`` because that one
+    makes classes of hidden folders such as ``.ipynb_checkpoints`` and ``.git``.
+    """
+    return sorted(e.name for e in os.scandir(directory) if e.is_dir() and not is_hidden(e.name))
+
+
+def is_image(name: str) -> bool:
+    return not is_hidden(name) and name.lower().endswith(IMG_EXTENSIONS)
+
+
+def iter_images(class_dir: Path):
+    """Image files under a class folder, hidden files and folders left out, sorted."""
+    for dirpath, dirnames, filenames in os.walk(class_dir, followlinks=True):
+        dirnames[:] = sorted(d for d in dirnames if not is_hidden(d))
+        for name in sorted(filenames):
+            if is_image(name):
+                yield os.path.join(dirpath, name)
+
+
+def has_image(class_dir: Path) -> bool:
+    return next(iter_images(class_dir), None) is not None
+
+
+def list_samples(split_dir: Path, classes: list[str]) -> list[tuple[str, int]]:
+    """(path, class index) for every image of a split, in a fixed order."""
+    return [(path, i) for i, c in enumerate(classes) for path in iter_images(split_dir / c)]
+
+
+def check_split_classes(root: Path, splits: list[str], key: str = "data.root") -> list[str]:
+    """The classes shared by all splits; an error naming folders when they differ or are empty.
+
+    Cheap: lists folders and stops at the first image of each class.
+    """
+    found = {s: find_classes(root / s) for s in splits}
+    first = splits[0]
+    if not found[first]:
+        raise ConfigError(key, f"{root / first} has no class folders (expected {root / first}/<class>/<image>)")
+    for s in splits[1:]:
+        if found[s] != found[first]:
+            only_a = sorted(set(found[first]) - set(found[s]))
+            only_b = sorted(set(found[s]) - set(found[first]))
+            raise ConfigError(
+                key,
+                f"{root / first} and {root / s} have different classes: "
+                f"only in {first}/: {_few(only_a)}; only in {s}/: {_few(only_b)}",
+            )
+    empty = [str(root / s / c) for s in splits for c in found[first] if not has_image(root / s / c)]
+    if empty:
+        raise ConfigError(key, f"empty class folder(s) with no images: {_few(empty)}")
+    return found[first]
+
+
+def _few(items: list[str], n: int = 10) -> str:
+    shown = ", ".join(items[:n]) or "none"
+    return shown + (f" and {len(items) - n} more" if len(items) > n else "")
+
+
+def load_rgb(path: str, min_size: int | None = None) -> Image.Image:
+    """Decode any image file to an RGB PIL image, whatever its extension says.
+
+    Grayscale, CMYK, palette, GIF, RGBA and PNG data named .JPEG all come out
+    RGB: PIL detects the format from the bytes. PIL rather than torchvision.io,
+    whose decoders are deprecated since torchvision 0.29. ``min_size`` lets a
+    large JPEG decode at reduced resolution (JPEG's DCT scaling), which is
+    several times faster and still leaves the shorter side >= min_size.
+    """
+    with Image.open(path) as img:
+        if min_size and img.format == "JPEG":
+            img.draft("RGB", (min_size, min_size))
+        if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+            # Composite on white rather than dropping alpha onto whatever colour hides under it.
+            img = img.convert("RGBA")
+            background = Image.new("RGBA", img.size, (255, 255, 255, 255))
+            return Image.alpha_composite(background, img).convert("RGB")
+        return img.convert("RGB")  # .convert loads the pixels: a truncated file raises here
+
+
+class ImageFiles(Dataset):
+    """(path, label) samples decoded with :func:`load_rgb` and a transform.
+
+    A file that fails to decode yields ``(None, label, path)`` instead of
+    raising, so one bad JPEG among a million does not kill a run;
+    :func:`collate_skipping_bad` drops it and reports its path in the batch.
+    """
+
+    def __init__(self, samples: list[tuple[str, int]], transform, min_size: int | None = None):
+        self.samples, self.transform, self.min_size = samples, transform, min_size
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int):
+        path, label = self.samples[index]
+        try:
+            image = load_rgb(path, self.min_size)
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+            return None, label, f"{path} ({type(e).__name__}: {e})"
+        return self.transform(image), label, None
+
+
+def collate_skipping_bad(batch):
+    """Stack the good samples; the third element lists the files that failed.
+
+    -> (x (B, ...), y int64 (B,), bad: list[str]). The DataModule's
+    ``on_after_batch_transfer`` counts ``bad`` and strips it off.
+    """
+    good = [(x, y) for x, y, bad in batch if bad is None]
+    bad = [b for _, _, b in batch if b is not None]
+    if good:
+        x, y = default_collate(good)
+    else:
+        x, y = torch.empty(0), torch.empty(0, dtype=torch.int64)
+    return x, y, bad

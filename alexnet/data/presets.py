@@ -1,0 +1,167 @@
+"""The paper's transform pipelines, split where the data lives.
+
+A training image goes through two halves:
+
+* the *load* half, per image in a DataLoader worker, on uint8: decode,
+  shorter side to ``resize_size``, the central square, a random
+  ``crop_size`` patch (for files; in-memory datasets skip it);
+* the *batch* half, per batch on the device after transfer (the DataModule's
+  ``on_after_batch_transfer``): random crop with padding (in-memory data),
+  flip, uint8 -> float, PCA lighting, normalisation.
+
+With ``batch_augment=False`` both halves run per image in the workers (the
+classic path, kept for comparison: scripts/benchmark_data.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as TF
+
+from .augment import LUMA, Lighting, random_crop, random_flip, ten_crop
+
+NORMALIZE = ("paper", "imagenet")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)  # 0-1 scale, torchvision's values
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """Input scaling. ``paper``: raw 0-255 RGB minus the training-set mean
+    (Section 2; per channel here, the paper subtracts a mean *image*).
+    ``imagenet``: 0-1 pixels, minus mean, divided by std.
+
+    mean and std are per channel on a 0-1 scale, whatever the kind.
+    """
+
+    kind: str = "paper"
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+
+    @property
+    def scale(self) -> float:
+        """The pixel range the network sees before the mean is removed."""
+        return 255.0 if self.kind == "paper" else 1.0
+
+    def for_channels(self, channels: int) -> "Normalization":
+        """The same scaling for grayscale input: the luma of the mean, the mean std."""
+        if channels == len(self.mean):
+            return self
+        mean = sum(w * m for w, m in zip(LUMA, self.mean))
+        return Normalization(self.kind, (mean,), (sum(self.std) / len(self.std),))
+
+    def to_float(self, x: torch.Tensor) -> torch.Tensor:
+        """uint8 0-255 -> float32 on this scale."""
+        x = x.float()
+        return x if self.kind == "paper" else x / 255.0
+
+    def standardise(self, x: torch.Tensor) -> torch.Tensor:
+        """Remove the mean (and for ``imagenet`` divide by std); x is (..., C, H, W)."""
+        shape = (-1, 1, 1)
+        mean = torch.tensor(self.mean, device=x.device, dtype=x.dtype).view(shape) * self.scale
+        if self.kind == "paper":
+            return x - mean
+        std = torch.tensor(self.std, device=x.device, dtype=x.dtype).view(shape)
+        return (x - mean) / std
+
+
+class BatchTrainAugment(nn.Module):
+    """The batch half of training: crop, flip, lighting, normalisation.
+
+    Args:
+        crop_size: output side. Images larger than that, or any image when
+            ``padding`` > 0, get a random crop (Section 4.1).
+        padding: zero padding before the crop (CIFAR's 4; the paper uses none).
+        flip: mirror half of the images (Section 4.1).
+        lighting: the PCA lighting module (its scale must match ``norm``).
+        norm: the input scaling.
+
+    uint8 (B, C, H, W) in, normalised float32 (B, C, crop_size, crop_size) out.
+    """
+
+    def __init__(self, crop_size: int, padding: int, flip: bool, lighting: Lighting, norm: Normalization):
+        super().__init__()
+        self.crop_size, self.padding, self.flip = crop_size, padding, flip
+        self.lighting, self.norm = lighting, norm
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4:
+            raise ValueError(f"expected a batch (B, C, H, W), got shape {tuple(x.shape)}")
+        if self.padding or x.shape[-1] != self.crop_size or x.shape[-2] != self.crop_size:
+            x = random_crop(x, self.crop_size, self.padding)
+        if self.flip:
+            x = random_flip(x)
+        return self.norm.standardise(self.lighting(self.norm.to_float(x)))
+
+    def extra_repr(self) -> str:
+        return f"crop_size={self.crop_size}, padding={self.padding}, flip={self.flip}, norm={self.norm.kind}"
+
+
+class BatchEvalTransform(nn.Module):
+    """The batch half of evaluation: the centre crop or the ten crops, normalised.
+
+    uint8 (B, C, H, W) in; out float32 (B, C, s, s) for ``eval_crops=1`` or
+    (B, 10, C, s, s) for ``eval_crops=10`` (Section 4.1), s = crop_size.
+    """
+
+    def __init__(self, crop_size: int, eval_crops: int, norm: Normalization):
+        super().__init__()
+        self.crop_size, self.eval_crops, self.norm = crop_size, eval_crops, norm
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.eval_crops == 10:
+            x = ten_crop(x, self.crop_size)
+        elif x.shape[-1] != self.crop_size or x.shape[-2] != self.crop_size:
+            x = TF.center_crop(x, [self.crop_size, self.crop_size])
+        return self.norm.standardise(self.norm.to_float(x))
+
+    def extra_repr(self) -> str:
+        return f"crop_size={self.crop_size}, eval_crops={self.eval_crops}, norm={self.norm.kind}"
+
+
+def load_train(resize_size: int, crop_size: int, center_crop: bool, channels: int) -> v2.Compose:
+    """The load half of training for image files: PIL in, uint8 (C, crop, crop) out.
+
+    Section 2: shorter side to 256 and the central 256x256 square; Section 4.1:
+    a random 224x224 patch of it (without ``center_crop``: of the whole image).
+    """
+    steps = [v2.Resize(resize_size)]
+    if center_crop:
+        steps.append(v2.CenterCrop(resize_size))
+    steps.append(v2.RandomCrop(crop_size))
+    return v2.Compose(steps + _to_tensor(channels))
+
+
+def load_eval(resize_size: int, channels: int) -> v2.Compose:
+    """The load half of evaluation for image files: shorter side to resize_size
+    and the central square, PIL in, uint8 (C, resize_size, resize_size) out.
+    Evaluation crops (one or ten) come from that square, as in Section 4.1."""
+    return v2.Compose([v2.Resize(resize_size), v2.CenterCrop(resize_size)] + _to_tensor(channels))
+
+
+def _to_tensor(channels: int) -> list:
+    gray = [v2.Grayscale(1)] if channels == 1 else []
+    return gray + [v2.PILToTensor()]
+
+
+class PerImage:
+    """Runs a load half and then a batch half on one image (the classic path).
+
+    Picklable, so DataLoader workers can run it.
+    """
+
+    def __init__(self, load, batch: nn.Module | None = None):
+        self.load, self.batch = load, batch
+
+    def __call__(self, image) -> torch.Tensor:
+        x = self.load(image)
+        if self.batch is None:
+            return x
+        return self.batch(x.unsqueeze(0))[0]
+
+    def __repr__(self) -> str:
+        return f"PerImage(load={self.load!r}, batch={self.batch!r})"
