@@ -29,21 +29,20 @@ LUMA = (0.299, 0.587, 0.114)
 def random_crop(x: torch.Tensor, size: int, padding: int = 0) -> torch.Tensor:
     """A random size x size patch of each image, zero-padded by `padding` first.
 
-    One gather for the whole batch: (B, C, H, W) -> (B, C, size, size). Every
-    offset 0 .. H + 2*padding - size is equally likely.
+    (B, C, H, W) -> (B, C, size, size). Every offset 0 .. H + 2*padding - size
+    is equally likely.
     """
     if padding:
         x = F.pad(x, (padding, padding, padding, padding))
     b, c, h, w = x.shape
     if size > h or size > w:
         raise ValueError(f"crop {size} is larger than the (padded) image {h}x{w}")
-    top = torch.randint(0, h - size + 1, (b, 1, 1, 1), device=x.device)
-    left = torch.randint(0, w - size + 1, (b, 1, 1, 1), device=x.device)
-    ar = torch.arange(size, device=x.device)
-    rows = (top + ar.view(1, 1, size, 1)).expand(b, c, size, w)
-    x = x.gather(2, rows)  # (B, C, size, W)
-    cols = (left + ar.view(1, 1, 1, size)).expand(b, c, size, size)
-    return x.gather(3, cols)  # (B, C, size, size)
+    top = torch.randint(0, h - size + 1, (b,), device=x.device)
+    left = torch.randint(0, w - size + 1, (b,), device=x.device)
+    if x.device.type == "cpu":  # on the CPU one slice copy per image beats an index kernel
+        return torch.stack([x[i, :, t : t + size, l : l + size] for i, (t, l) in enumerate(zip(top.tolist(), left.tolist()))])
+    windows = x.unfold(2, size, 1).unfold(3, size, 1)  # (B, C, h-size+1, w-size+1, size, size), a view
+    return windows[torch.arange(b, device=x.device), :, top, left]  # one gather
 
 
 def random_flip(x: torch.Tensor, p: float = 0.5) -> torch.Tensor:
@@ -113,6 +112,12 @@ class Lighting(nn.Module):
         if self.channels == 1:
             return rgb @ torch.tensor(LUMA, device=rgb.device, dtype=rgb.dtype).view(3, 1)
         return rgb
+
+    def sample_offset(self, batch: int, device=None) -> torch.Tensor | None:
+        """Fresh alphas for ``batch`` images: their offsets (B, C), or None when disabled."""
+        if self.alphastd == 0:
+            return None
+        return self.offset(torch.randn(batch, 3, device=device) * self.alphastd)
 
     def forward(self, x: torch.Tensor, alpha: torch.Tensor | None = None) -> torch.Tensor:
         if self.alphastd == 0 and alpha is None:

@@ -54,19 +54,31 @@ class Normalization:
         mean = sum(w * m for w, m in zip(LUMA, self.mean))
         return Normalization(self.kind, (mean,), (sum(self.std) / len(self.std),))
 
+    @property
+    def divisor(self) -> tuple[float, ...]:
+        return self.std if self.kind == "imagenet" else (1.0,) * len(self.std)
+
     def to_float(self, x: torch.Tensor) -> torch.Tensor:
         """uint8 0-255 -> float32 on this scale."""
-        x = x.float()
-        return x if self.kind == "paper" else x / 255.0
+        return x.float() * (self.scale / 255.0)
 
     def standardise(self, x: torch.Tensor) -> torch.Tensor:
-        """Remove the mean (and for ``imagenet`` divide by std); x is (..., C, H, W)."""
-        shape = (-1, 1, 1)
-        mean = torch.tensor(self.mean, device=x.device, dtype=x.dtype).view(shape) * self.scale
-        if self.kind == "paper":
-            return x - mean
-        std = torch.tensor(self.std, device=x.device, dtype=x.dtype).view(shape)
-        return (x - mean) / std
+        """Remove the mean (and for ``imagenet`` divide by std); x float (..., C, H, W) on this scale."""
+        mean = torch.tensor(self.mean, device=x.device).view(-1, 1, 1) * self.scale
+        return (x - mean) / torch.tensor(self.divisor, device=x.device).view(-1, 1, 1)
+
+    def __call__(self, x: torch.Tensor, offset: torch.Tensor | None = None) -> torch.Tensor:
+        """uint8 (..., C, H, W) -> standardise(to_float(x) + offset), in one fused pass.
+
+        offset: per-image colour shifts (B, C) on this scale (PCA lighting), or None.
+        Fused because on a CPU these elementwise passes cost more than the crop.
+        """
+        div = torch.tensor(self.divisor, device=x.device).view(-1, 1, 1)
+        gain = (self.scale / 255.0) / div  # (C, 1, 1)
+        bias = -torch.tensor(self.mean, device=x.device).view(-1, 1, 1) * self.scale / div
+        if offset is not None:
+            bias = bias + offset.view(*offset.shape, 1, 1) / div  # (B, C, 1, 1)
+        return torch.addcmul(bias, x.float(), gain)
 
 
 class BatchTrainAugment(nn.Module):
@@ -95,7 +107,7 @@ class BatchTrainAugment(nn.Module):
             x = random_crop(x, self.crop_size, self.padding)
         if self.flip:
             x = random_flip(x)
-        return self.norm.standardise(self.lighting(self.norm.to_float(x)))
+        return self.norm(x, self.lighting.sample_offset(len(x), x.device))
 
     def extra_repr(self) -> str:
         return f"crop_size={self.crop_size}, padding={self.padding}, flip={self.flip}, norm={self.norm.kind}"
@@ -117,7 +129,7 @@ class BatchEvalTransform(nn.Module):
             x = ten_crop(x, self.crop_size)
         elif x.shape[-1] != self.crop_size or x.shape[-2] != self.crop_size:
             x = TF.center_crop(x, [self.crop_size, self.crop_size])
-        return self.norm.standardise(self.norm.to_float(x))
+        return self.norm(x)
 
     def extra_repr(self) -> str:
         return f"crop_size={self.crop_size}, eval_crops={self.eval_crops}, norm={self.norm.kind}"
