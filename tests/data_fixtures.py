@@ -1,0 +1,81 @@
+"""Fixtures and helpers for the data tests: image trees made on the fly and the real CIFAR-10 copy.
+
+Test modules import what they use (``from data_fixtures import cifar10_jpg``);
+pytest picks fixtures up from the importing module's namespace.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+CIFAR_TARBALL = SHARED / "datasets" / "cifar10-jpg.tar.gz"
+CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "alexnet-tests"
+
+
+def random_image(size=(48, 40), seed=0, mode="RGB") -> Image.Image:
+    """A noise image (width, height) in any PIL mode."""
+    rng = np.random.default_rng(seed)
+    rgb = Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
+    return rgb if mode == "RGB" else rgb.convert(mode)
+
+
+def save(image: Image.Image, path: Path, fmt: str = "JPEG") -> Path:
+    """Write ``image`` in ``fmt`` whatever the file name says (PNG data named .JPEG...)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    image.save(buf, fmt)
+    path.write_bytes(buf.getvalue())
+    return path
+
+
+def image_tree(root: Path, classes=("n01440764", "n01443537", "n01484850"), per_class=4, size=(80, 64), splits=("train", "val")) -> Path:
+    """An ImageNet-layout tree: root/<split>/<class>/<class>_<i>.JPEG with noise JPEGs."""
+    for s_i, split in enumerate(splits):
+        for c_i, c in enumerate(classes):
+            for i in range(per_class):
+                save(random_image(size, seed=1000 * s_i + 100 * c_i + i), root / split / c / f"{c}_{i}.JPEG")
+    return root
+
+
+@pytest.fixture(scope="session")
+def cifar10_jpg() -> Path:
+    """The real CIFAR-10 JPEG copy from shared/datasets, extracted once outside the repository."""
+    if not CIFAR_TARBALL.is_file():
+        pytest.skip(f"the real CIFAR-10 copy is not at {CIFAR_TARBALL}")
+    target = CACHE / "cifar10-jpg"
+    if not (target / "train").is_dir() or not (target / "test").is_dir():
+        tmp = CACHE / f"cifar10-jpg.{os.getpid()}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        with tarfile.open(CIFAR_TARBALL) as tar:
+            tar.extractall(tmp, filter="data")
+        shutil.rmtree(target, ignore_errors=True)
+        tmp.rename(target)
+    return target
+
+
+@pytest.fixture(scope="session")
+def cifar10_jpg_subset(cifar10_jpg) -> Path:
+    """Symlinks to the first 200 training and 50 test images of each real CIFAR-10 class:
+    the real files, few enough to decode in a second."""
+    target = CACHE / "cifar10-jpg-subset"
+    for split, n in (("train", 200), ("test", 50)):
+        for class_dir in sorted((cifar10_jpg / split).iterdir()):
+            out = target / split / class_dir.name
+            if out.is_dir() and len(os.listdir(out)) == n:
+                continue
+            out.mkdir(parents=True, exist_ok=True)
+            for f in sorted(class_dir.iterdir())[:n]:
+                link = out / f.name
+                if not link.exists():
+                    link.symlink_to(f)
+    return target
