@@ -26,8 +26,12 @@ def find_classes(directory: Path) -> list[str]:
     return sorted(e.name for e in os.scandir(directory) if e.is_dir() and not is_hidden(e.name))
 
 
+# torchvision's list lacks GIF, which PIL decodes.
+EXTENSIONS = tuple(IMG_EXTENSIONS) + (".gif",)
+
+
 def is_image(name: str) -> bool:
-    return not is_hidden(name) and name.lower().endswith(IMG_EXTENSIONS)
+    return not is_hidden(name) and name.lower().endswith(EXTENSIONS)
 
 
 def iter_images(class_dir: Path):

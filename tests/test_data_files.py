@@ -1,0 +1,149 @@
+"""Image files as they come: odd formats decode to RGB, bad files are skipped and
+counted, and a wrong folder layout is an error that names the folders."""
+
+import warnings
+
+import pytest
+import torch
+from data_fixtures import image_tree, random_image, save
+from PIL import Image
+
+from alexnet.data import FolderDataModule, ImageNetDataModule
+from alexnet.data.folder import load_rgb
+from alexnet.errors import ConfigError
+
+ODD_FILES = {  # name: (PIL mode, format written)
+    "gray.JPEG": ("L", "JPEG"),
+    "cmyk.JPEG": ("CMYK", "JPEG"),
+    "palette.png": ("P", "PNG"),
+    "animated.gif": ("P", "GIF"),
+    "alpha.png": ("RGBA", "PNG"),
+    "png_named.JPEG": ("RGB", "PNG"),
+}
+
+
+def small(root, **kw):
+    kw = {"root": str(root), "crop_size": 32, "resize_size": 40, "batch_size": 4, "num_workers": 0, **kw}
+    return FolderDataModule(**kw)
+
+
+def batches(dm, loader):
+    """What Lightning hands to the steps: each batch through on_after_batch_transfer."""
+    return [dm.on_after_batch_transfer(b, 0) for b in loader]
+
+
+@pytest.mark.parametrize("name", ODD_FILES)
+def test_odd_image_files_decode_to_rgb(tmp_path, name):
+    mode, fmt = ODD_FILES[name]
+    path = save(random_image((50, 30), mode=mode), tmp_path / name, fmt)
+    image = load_rgb(str(path))
+    assert image.mode == "RGB" and image.size == (50, 30)
+
+
+def test_transparent_pixels_become_white_not_their_hidden_colour(tmp_path):
+    rgba = Image.new("RGBA", (4, 4), (10, 20, 30, 0))
+    assert load_rgb(str(save(rgba, tmp_path / "clear.png", "PNG"))).getpixel((0, 0)) == (255, 255, 255)
+
+
+def test_a_folder_of_odd_files_gives_rgb_batches(tmp_path):
+    image_tree(tmp_path, classes=("a", "b"), per_class=2)
+    for name, (mode, fmt) in ODD_FILES.items():
+        save(random_image((60, 45), mode=mode), tmp_path / "train" / "a" / name, fmt)
+    dm = small(tmp_path)
+    dm.setup("fit")
+    assert len(dm.train_set) == 2 * 2 + len(ODD_FILES)
+    x, y = torch.cat([b[0] for b in batches(dm, dm.train_dataloader())]), None
+    assert x.shape == (len(dm.train_set), 3, 32, 32) and x.dtype == torch.float32
+
+
+def test_an_unreadable_image_is_skipped_with_a_warning_that_names_it_and_counted(tmp_path):
+    image_tree(tmp_path, classes=("a", "b"), per_class=3)
+    good = (tmp_path / "train" / "a" / "a_0.JPEG").read_bytes()
+    truncated = tmp_path / "train" / "b" / "truncated.JPEG"
+    truncated.write_bytes(good[: len(good) // 2])
+    (tmp_path / "train" / "b" / "notes.jpg").write_text("not an image")
+    dm = small(tmp_path, max_bad_images=2)
+    dm.setup("fit")
+    with pytest.warns(UserWarning) as caught:
+        got = batches(dm, dm.train_dataloader())
+    messages = " ".join(str(w.message) for w in caught)
+    assert "truncated.JPEG" in messages and "notes.jpg" in messages
+    assert sum(len(y) for _, y in got) == 6  # the six good images, the two bad ones skipped
+    assert len(dm.bad_images) == 2
+
+
+def test_past_max_bad_images_the_run_stops_with_an_error_that_lists_them(tmp_path):
+    image_tree(tmp_path, classes=("a", "b"), per_class=2)
+    for i in range(3):
+        (tmp_path / "train" / "a" / f"broken{i}.JPEG").write_bytes(b"\xff\xd8\xff garbage")
+    dm = small(tmp_path, max_bad_images=2)
+    dm.setup("fit")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(ConfigError, match="data.max_bad_images") as e:
+            batches(dm, dm.train_dataloader())
+    assert all(f"broken{i}.JPEG" in str(e.value) for i in range(3))
+
+
+def test_hidden_folders_and_files_are_never_classes_or_images(tmp_path):
+    image_tree(tmp_path, classes=("a", "b"), per_class=2)
+    for split in ("train", "val"):
+        for hidden in (".git", ".ipynb_checkpoints"):
+            save(random_image(), tmp_path / split / hidden / "x.jpg")
+        save(random_image(), tmp_path / split / "a" / ".ipynb_checkpoints" / "a_0-checkpoint.jpg")
+        save(random_image(), tmp_path / split / "a" / "._a_0.jpg")  # macOS resource fork
+    dm = small(tmp_path)
+    assert dm.class_names == ["a", "b"] and dm.num_classes == 2
+    dm.setup("fit")
+    assert len(dm.train_set) == 4 and len(dm.val_set) == 4
+
+
+def test_an_empty_class_folder_is_an_error_that_names_it(tmp_path):
+    image_tree(tmp_path, classes=("a", "b"), per_class=2)
+    (tmp_path / "train" / "c").mkdir()
+    (tmp_path / "val" / "c").mkdir()
+    save(random_image(), tmp_path / "val" / "c" / "c.jpg")
+    with pytest.raises(ConfigError, match="data.root.*empty class folder") as e:
+        small(tmp_path)
+    assert str(tmp_path / "train" / "c") in str(e.value)
+
+
+def test_train_and_val_with_different_classes_is_an_error_that_names_the_folders(tmp_path):
+    image_tree(tmp_path, classes=("a", "b"), per_class=1)
+    save(random_image(), tmp_path / "train" / "only_train" / "x.jpg")
+    save(random_image(), tmp_path / "val" / "only_val" / "x.jpg")
+    with pytest.raises(ConfigError, match="different classes") as e:
+        small(tmp_path)
+    message = str(e.value)
+    assert "only in train/: only_train" in message and "only in val/: only_val" in message
+    assert str(tmp_path / "train") in message and str(tmp_path / "val") in message
+
+
+@pytest.mark.parametrize("make", ["nothing", "no_train", "no_val"])
+def test_a_missing_root_names_the_key_and_shows_the_expected_layout(tmp_path, make):
+    root = tmp_path / "data"
+    if make != "nothing":
+        image_tree(root, classes=("a",), per_class=1, splits=("val",) if make == "no_train" else ("train",))
+    with pytest.raises(ConfigError) as e:
+        ImageNetDataModule(root=str(root))
+    assert e.value.key == "data.root"
+    assert "<root>/train/<wnid>/*.JPEG and <root>/val/<wnid>/*.JPEG" in str(e.value)
+    assert str(root) in str(e.value)
+
+
+def test_test_folder_stands_in_for_a_missing_val_folder(tmp_path):
+    image_tree(tmp_path, classes=("a", "b"), per_class=2, splits=("train", "test"))
+    dm = small(tmp_path)
+    assert dm.val_split == "test"
+    dm.setup()
+    assert len(dm.val_set) == 4
+
+
+def test_class_order_is_the_same_for_train_and_val(tmp_path):
+    image_tree(tmp_path, classes=("zebra", "apple", "mango"), per_class=2)
+    dm = small(tmp_path)
+    dm.setup()
+    assert dm.class_names == ["apple", "mango", "zebra"]
+    for dataset, split in ((dm.train_set, "train"), (dm.val_set, "val")):
+        for path, label in dataset.samples:
+            assert f"/{split}/{dm.class_names[label]}/" in path
