@@ -53,6 +53,11 @@ class InMemoryDataModule(AlexNetDataModule):
     """A dataset small enough to hold as tensors: no workers; the DataLoader
     hands out uint8 slices and all augmentation runs batched on the device."""
 
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        # Images are stored at their own size and resized batched, on the device.
+        self.train_batch.resize = self.eval_batch.resize = self.resize_size
+
     def _tensors(self, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
 
@@ -138,8 +143,10 @@ class CIFAR10DataModule(InMemoryDataModule):
 
     def __init__(self, **kwargs):
         kwargs.setdefault("crop_size", 32)
-        kwargs.setdefault("resize_size", 32)
         kwargs.setdefault("padding", 4)
+        if kwargs.get("resize_size") is None:  # 32, or 256 for a 224-pixel model (as 256:224 in Section 2)
+            crop = kwargs["crop_size"]
+            kwargs["resize_size"] = 32 if crop <= 32 else crop * 8 // 7
         super().__init__(**kwargs)
         if self.root is None or (self.root.exists() and not self.root.is_dir()):
             raise ConfigError(

@@ -91,18 +91,21 @@ class BatchTrainAugment(nn.Module):
         flip: mirror half of the images (Section 4.1).
         lighting: the PCA lighting module (its scale must match ``norm``).
         norm: the input scaling.
+        resize: in-memory datasets only: first resize square images of another
+            size to resize x resize (CIFAR's 32x32 for a 224-pixel model).
 
     uint8 (B, C, H, W) in, normalised float32 (B, C, crop_size, crop_size) out.
     """
 
-    def __init__(self, crop_size: int, padding: int, flip: bool, lighting: Lighting, norm: Normalization):
+    def __init__(self, crop_size: int, padding: int, flip: bool, lighting: Lighting, norm: Normalization, resize=None):
         super().__init__()
-        self.crop_size, self.padding, self.flip = crop_size, padding, flip
+        self.crop_size, self.padding, self.flip, self.resize = crop_size, padding, flip, resize
         self.lighting, self.norm = lighting, norm
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4:
             raise ValueError(f"expected a batch (B, C, H, W), got shape {tuple(x.shape)}")
+        x = _resize(x, self.resize)
         if self.padding or x.shape[-1] != self.crop_size or x.shape[-2] != self.crop_size:
             x = random_crop(x, self.crop_size, self.padding)
         if self.flip:
@@ -120,11 +123,12 @@ class BatchEvalTransform(nn.Module):
     (B, 10, C, s, s) for ``eval_crops=10`` (Section 4.1), s = crop_size.
     """
 
-    def __init__(self, crop_size: int, eval_crops: int, norm: Normalization):
+    def __init__(self, crop_size: int, eval_crops: int, norm: Normalization, resize=None):
         super().__init__()
-        self.crop_size, self.eval_crops, self.norm = crop_size, eval_crops, norm
+        self.crop_size, self.eval_crops, self.norm, self.resize = crop_size, eval_crops, norm, resize
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = _resize(x, self.resize)
         if self.eval_crops == 10:
             x = ten_crop(x, self.crop_size)
         elif x.shape[-1] != self.crop_size or x.shape[-2] != self.crop_size:
@@ -133,6 +137,12 @@ class BatchEvalTransform(nn.Module):
 
     def extra_repr(self) -> str:
         return f"crop_size={self.crop_size}, eval_crops={self.eval_crops}, norm={self.norm.kind}"
+
+
+def _resize(x: torch.Tensor, size: int | None) -> torch.Tensor:
+    if size is None or x.shape[-2:] == (size, size):
+        return x
+    return TF.resize(x, [size, size], antialias=True)
 
 
 def load_train(resize_size: int, crop_size: int, center_crop: bool, channels: int) -> v2.Compose:
