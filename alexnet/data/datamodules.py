@@ -105,13 +105,11 @@ class ShapesDataModule(InMemoryDataModule):
     def __init__(self, num_train: int = 5000, num_val: int = 1000, image_size: int | None = None, **kwargs):
         kwargs.setdefault("root", None)
         image_size = image_size or kwargs.get("crop_size", 224)
-        if kwargs.get("resize_size") is None:
-            kwargs["resize_size"] = image_size
+        if kwargs.get("resize_size") is None:  # generated smaller than the model's input: upscaled batched
+            kwargs["resize_size"] = max(image_size, kwargs.get("crop_size", 224))
         for key, value in (("num_train", num_train), ("num_val", num_val)):
             if not isinstance(value, int) or value < 1:
                 raise ConfigError(f"data.{key}", f"must be a positive integer, got {value!r}")
-        if image_size < kwargs.get("crop_size", 224):
-            raise ConfigError("data.image_size", f"{image_size} is smaller than data.crop_size {kwargs.get('crop_size')}")
         super().__init__(**kwargs)
         self.num_train, self.num_val, self.image_size = num_train, num_val, image_size
         self.num_classes, self.class_names = len(SHAPE_CLASSES), list(SHAPE_CLASSES)
