@@ -1,0 +1,150 @@
+"""How fast is the training input pipeline? Images per second per worker, side by side.
+
+    python scripts/benchmark_data.py                  # 192 generated JPEGs, 3 repeats
+    python scripts/benchmark_data.py --images 512 --repeats 5 --json benchmark.json
+
+Generates JPEGs with the shorter side 256 (as scripts/prepare_imagenet.py
+--resize 256 writes them) in a temporary folder and times, in one process
+(so the figure is per DataLoader worker):
+
+* paper, per image: the paper's preset entirely in the worker (decode, centre
+  256 square, random 224 crop, flip, PCA lighting, normalise to float);
+* paper, batched: the worker decodes and crops to uint8, then flip, lighting
+  and normalisation run batched on the device (timed separately and added);
+* torchvision RandomResizedCrop: torchvision's standard ImageNet training
+  preset (references/classification) on the same files;
+* in-memory 32x32 (CIFAR, shapes): the batched augmentation alone.
+
+Figures are the median of the repeats with their min-max spread.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
+from torchvision.transforms import v2
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from alexnet.data import FolderDataModule  # noqa: E402
+from alexnet.data.augment import Lighting  # noqa: E402
+from alexnet.data.folder import ImageFiles, collate_skipping_bad, list_samples  # noqa: E402
+from alexnet.data.presets import IMAGENET_MEAN, IMAGENET_STD, BatchTrainAugment, Normalization  # noqa: E402
+
+
+def make_jpegs(root: Path, n: int) -> None:
+    """n smooth random JPEGs, shorter side 256, landscape and portrait, in two classes."""
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        w, h = (341, 256) if i % 2 else (256, 320)
+        coarse = rng.integers(0, 256, (h // 16, w // 16, 3), dtype=np.uint8)  # photo-like, not pure noise
+        image = Image.fromarray(coarse).resize((w, h), Image.BICUBIC)
+        for split in ("train", "val"):
+            path = root / split / f"class{i % 2}" / f"{i:05d}.JPEG"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if split == "train" or i < 2:
+                image.save(path, quality=90)
+
+
+def torchvision_preset(crop: int = 224) -> v2.Compose:
+    """torchvision references/classification ClassificationPresetTrain, defaults."""
+    return v2.Compose([
+        v2.RandomResizedCrop(crop, antialias=True),
+        v2.RandomHorizontalFlip(0.5),
+        v2.PILToTensor(),
+        v2.ToDtype(torch.float32, scale=True),
+        v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+    ])
+
+
+def time_loader(dataset, batch_size: int, after=None, device="cpu") -> tuple[float, float]:
+    """Seconds spent in the loader (one process) and in `after` on the device, per pass."""
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=0, collate_fn=collate_skipping_bad)
+    load = device_time = 0.0
+    start = time.perf_counter()
+    for x, _, _ in loader:
+        load += time.perf_counter() - start
+        if after is not None:
+            x = x.to(device)
+            t = time.perf_counter()
+            after(x)
+            if device == "cuda":
+                torch.cuda.synchronize()
+            device_time += time.perf_counter() - t
+        start = time.perf_counter()
+    return load, device_time
+
+
+def summary(rates: list[float]) -> dict:
+    return {"median": statistics.median(rates), "min": min(rates), "max": max(rates)}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--images", type=int, default=192)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--threads", type=int, default=1, help="torch threads (1: as in a DataLoader worker)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--json", type=Path, help="also write the figures here")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        make_jpegs(root, args.images)
+        common = dict(root=str(root), batch_size=args.batch_size, num_workers=0, normalize="paper")
+        per_image = FolderDataModule(**common, batch_augment=False)
+        batched = FolderDataModule(**common, batch_augment=True)
+        per_image.setup()
+        batched.setup()
+        samples = list_samples(root / "train", per_image.classes)
+        rrc = ImageFiles(samples, torchvision_preset())
+        augment = batched.train_batch.to(args.device)
+
+        rows = {"paper, per image": [], "paper, batched": [], "torchvision RandomResizedCrop": []}
+        for _ in range(args.repeats):
+            n = len(samples)
+            load, _ = time_loader(per_image.train_set, args.batch_size)
+            rows["paper, per image"].append(n / load)
+            load, dev = time_loader(batched.train_set, args.batch_size, augment, args.device)
+            rows["paper, batched"].append(n / (load + dev))
+            load, _ = time_loader(rrc, args.batch_size)
+            rows["torchvision RandomResizedCrop"].append(n / load)
+
+        # In-memory 32x32 data (CIFAR, shapes): only the batched augmentation runs.
+        small = torch.randint(0, 256, (10_000, 3, 32, 32), dtype=torch.uint8, device=args.device)
+        cifar = BatchTrainAugment(32, 4, True, Lighting(0.1), Normalization("imagenet")).to(args.device)
+        rates = []
+        for _ in range(args.repeats):
+            t = time.perf_counter()
+            for batch in small.split(128):
+                cifar(batch)
+            if args.device == "cuda":
+                torch.cuda.synchronize()
+            rates.append(len(small) / (time.perf_counter() - t))
+        rows["in-memory 32x32, batched (CIFAR)"] = rates
+
+    results = {name: summary(r) for name, r in rows.items()}
+    print(f"training pipeline, {args.images} JPEGs of shorter side 256 -> 224x224, batch {args.batch_size}, "
+          f"torch threads {args.threads}, device {args.device}, {args.repeats} repeats")
+    print(f"{'pipeline':36s} {'images/s per worker':>20s}  (min - max)")
+    for name, r in results.items():
+        print(f"{name:36s} {r['median']:20.0f}  ({r['min']:.0f} - {r['max']:.0f})")
+    if args.json:
+        args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "results": results}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
