@@ -1,0 +1,45 @@
+"""Range checks of a composed config, run before any data is read or trainer built.
+
+Hydra already refuses unknown options and keys; this catches values that are
+well-typed but wrong (lr <= 0, ...), naming the key.
+"""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig, OmegaConf
+
+from .errors import ConfigError
+from .models import resolve_options
+from .optim import SCHEDULES
+
+
+def _check(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(key, message)
+
+
+def validate(cfg: DictConfig) -> None:
+    optim = cfg.optim
+    _check(optim.lr > 0, "optim.lr", f"must be > 0, got {optim.lr}")
+    _check(0 <= optim.momentum < 1, "optim.momentum", f"must be in [0, 1), got {optim.momentum}")
+    _check(optim.weight_decay >= 0, "optim.weight_decay", f"must be >= 0, got {optim.weight_decay}")
+    _check(optim.schedule in SCHEDULES, "optim.schedule", f"must be one of {list(SCHEDULES)}, got {optim.schedule!r}")
+    _check(0 < optim.factor < 1, "optim.factor", f"must be in (0, 1), got {optim.factor}")
+    _check(optim.patience >= 0, "optim.patience", f"must be >= 0, got {optim.patience}")
+    _check(optim.step_size >= 1, "optim.step_size", f"must be >= 1, got {optim.step_size}")
+    _check(optim.warmup_epochs >= 0, "optim.warmup_epochs", f"must be >= 0, got {optim.warmup_epochs}")
+
+    epochs = cfg.trainer.get("max_epochs")
+    _check(epochs is None or epochs == -1 or epochs >= 1, "trainer.max_epochs", f"must be >= 1 (or -1), got {epochs}")
+
+    model = OmegaConf.to_container(cfg.model, resolve=True)
+    classes = model.pop("num_classes", None)
+    _check(classes is None or classes >= 1, "model.num_classes", f"must be >= 1 or null, got {classes}")
+    try:
+        resolve_options(model.pop("name"), **model)
+    except ValueError as err:
+        key = str(err).split(" ", 1)[0] if str(err).startswith("model.") else "model"
+        raise ConfigError(key, str(err).removeprefix(key).lstrip(": ")) from err
+
+    ckpt = cfg.get("ckpt_path")
+    _check(ckpt is None or isinstance(ckpt, str), "ckpt_path", f"must be a path, `last` or `auto`, got {ckpt!r}")

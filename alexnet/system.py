@@ -1,0 +1,164 @@
+"""The LightningModule: the training system around a plain AlexNet.
+
+It takes scalars and small dicts only, so that ``save_hyperparameters()`` and
+``AlexNetSystem.load_from_checkpoint(path)`` rebuild it from a checkpoint
+alone (the checkpoint also holds the run's whole resolved config).
+"""
+
+from __future__ import annotations
+
+import random
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torchmetrics.classification import MulticlassAccuracy
+
+from .models import create
+from .optim import build_optimizer, warmup_factor
+
+
+def average_crops(logits: torch.Tensor) -> torch.Tensor:
+    """Section 4.1: the softmax averaged over the crops of each image.
+
+    (B, n_crops, K) logits -> (B, K) probabilities.
+    """
+    return logits.softmax(dim=-1).mean(dim=1)
+
+
+def _numpy_state_to_safe(state: tuple) -> dict:
+    name, keys, pos, has_gauss, cached = state
+    return {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+            "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}
+
+
+def _numpy_state_from_safe(state: dict) -> tuple:
+    keys = state["keys"].numpy().astype(np.uint32)
+    return state["name"], keys, state["pos"], state["has_gauss"], state["cached_gaussian"]
+
+
+class AlexNetSystem(L.LightningModule):
+    """SGD training and top-1 / top-5 evaluation of an AlexNet variant.
+
+    Args:
+        model: the keys of a ``conf/model`` option: ``name`` and the overrides
+            of :func:`alexnet.models.create`.
+        optim: the keys of a ``conf/optim`` option (see :mod:`alexnet.optim`).
+        num_classes: the number of classes of the dataset.
+        class_names: human-readable class names, for predictions.
+        config: the run's resolved config, stored with the checkpoint.
+    """
+
+    def __init__(
+        self,
+        model: dict,
+        optim: dict,
+        num_classes: int,
+        class_names: list[str] | None = None,
+        config: dict | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        options = {k: v for k, v in model.items() if k not in ("name", "num_classes")}
+        self.net = create(model["name"], num_classes, **options)
+        self.class_names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
+        # With fewer than 5 classes top-5 is clipped to top-(num_classes).
+        self.topk = {"top1": 1, "top5": min(5, num_classes)}
+        # 1 - accuracy is a torchmetrics CompositionalMetric: Lightning logs it
+        # per batch or accumulates it over the epoch and syncs it across ranks.
+        for stage in ("train", "val", "test"):
+            for name, k in self.topk.items():
+                error = 1 - MulticlassAccuracy(num_classes, top_k=k, average="micro")
+                setattr(self, f"{stage}_{name}_error", error)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    # -- training ---------------------------------------------------------
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        logits = self(x)
+        loss = F.cross_entropy(logits, y)
+        self._log_errors("train", logits, y, loss, on_step=True)
+        return loss
+
+    # -- evaluation -------------------------------------------------------
+    def _eval_step(self, stage: str, batch) -> None:
+        x, y = batch
+        if x.ndim == 5:  # (B, crops, C, H, W): ten-crop testing
+            b, n = x.shape[:2]
+            probs = average_crops(self(x.flatten(0, 1)).view(b, n, -1))
+            loss = F.nll_loss(probs.clamp_min(1e-12).log(), y)
+            scores = probs
+        else:
+            scores = self(x)
+            loss = F.cross_entropy(scores, y)
+        self._log_errors(stage, scores, y, loss, on_step=False)
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self._eval_step("val", batch)
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self._eval_step("test", batch)
+
+    def predict_step(self, batch, batch_idx: int = 0) -> torch.Tensor:
+        x = batch[0] if isinstance(batch, (tuple, list)) else batch
+        if x.ndim == 5:
+            b, n = x.shape[:2]
+            return average_crops(self(x.flatten(0, 1)).view(b, n, -1))
+        return self(x).softmax(dim=-1)
+
+    def _log_errors(self, stage: str, scores, y, loss, on_step: bool) -> None:
+        # Errors, not accuracies: the paper reports top-1 and top-5 error rates.
+        # Training logs per step, evaluation per epoch (reduced over DDP ranks).
+        on_epoch = not on_step
+        self.log(f"{stage}/loss", loss, on_step=on_step, on_epoch=on_epoch, prog_bar=True, sync_dist=on_epoch)
+        for name in self.topk:
+            metric = getattr(self, f"{stage}_{name}_error")
+            metric(scores, y)
+            self.log(f"{stage}/{name}_error", metric, on_step=on_step, on_epoch=on_epoch, prog_bar=name == "top1")
+
+    # -- optimisation -----------------------------------------------------
+    def configure_optimizers(self):
+        return build_optimizer(self.net, self.hparams.optim, self.trainer.max_epochs)
+
+    def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None):
+        # Linear warm-up scales the learning rate the scheduler chose (Lightning's
+        # documented warm-up recipe), so it composes with every schedule.
+        steps = self.hparams.optim.get("warmup_epochs", 0) * self.trainer.num_training_batches
+        if steps and self.trainer.global_step < steps:
+            factor = warmup_factor(self.trainer.global_step, steps)
+            for group in optimizer.param_groups:
+                group.setdefault("target_lr", group["lr"])
+                group["lr"] = group["target_lr"] * factor
+        elif steps:
+            for group in optimizer.param_groups:
+                if "target_lr" in group:
+                    group["lr"] = group.pop("target_lr")
+        optimizer.step(closure=optimizer_closure)
+
+    # -- checkpoints ------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # Lightning restores weights, optimizer, schedulers and loop counters;
+        # the random state is ours to keep so that a resumed run draws the
+        # same crops, flips and dropout masks as an uninterrupted one.
+        checkpoint["rng_states"] = {
+            "torch": torch.get_rng_state(),
+            # as a tensor and plain scalars, so the file loads with weights_only=True
+            "numpy": _numpy_state_to_safe(np.random.get_state()),
+            "python": random.getstate(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        }
+        if self.hparams.config is not None:
+            checkpoint["config"] = self.hparams.config
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        states = checkpoint.get("rng_states")
+        if not states:
+            return
+        torch.set_rng_state(states["torch"])
+        np.random.set_state(_numpy_state_from_safe(states["numpy"]))
+        random.setstate(states["python"])
+        if states.get("cuda") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(states["cuda"])

@@ -1,0 +1,97 @@
+"""Train an AlexNet: compose the config, build data, system and trainer, fit, report.
+
+    python train.py                                  # small run on built-in data
+    python train.py experiment=paper_imagenet data.root=/data/imagenet trainer=ddp
+    python train.py hydra.run.dir=RUN ckpt_path=last # continue RUN
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import hydra
+import lightning as L
+from hydra.core.hydra_config import HydraConfig
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.loggers import TensorBoardLogger
+from omegaconf import DictConfig, OmegaConf
+
+from alexnet.callbacks import Conv1Kernels, ThroughputProgressBar
+from alexnet.checkpoints import CHECKPOINT_DIR, check_compatible, read_checkpoint, resolve_ckpt_path
+from alexnet.cli import check_run_dir_writable, inherit_run_overrides
+from alexnet.config import validate
+from alexnet.errors import ConfigError
+from alexnet.system import AlexNetSystem
+
+log = logging.getLogger("train")
+
+
+def build_trainer(cfg: DictConfig, run_dir: Path) -> L.Trainer:
+    checkpoints = ModelCheckpoint(
+        dirpath=run_dir / CHECKPOINT_DIR,
+        filename="best-epoch{epoch:03d}-top1err{val/top1_error:.4f}",
+        auto_insert_metric_name=False,  # the metric's "/" would make a subfolder
+        monitor="val/top1_error",
+        mode="min",
+        save_top_k=cfg.checkpoint.save_top_k,
+        save_last=True,
+        every_n_epochs=cfg.checkpoint.every_n_epochs,
+        every_n_train_steps=cfg.checkpoint.every_n_train_steps,
+    )
+    callbacks = [checkpoints, LearningRateMonitor(logging_interval="epoch"), Conv1Kernels(), ThroughputProgressBar()]
+    logger = TensorBoardLogger(save_dir=str(run_dir), name="tensorboard", version="", default_hp_metric=False)
+    trainer_args = OmegaConf.to_container(cfg.trainer, resolve=True)
+    return L.Trainer(**trainer_args, logger=logger, callbacks=callbacks, default_root_dir=str(run_dir))
+
+
+def train(cfg: DictConfig) -> dict:
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    validate(cfg)
+    ckpt = resolve_ckpt_path(cfg.ckpt_path, run_dir)
+    L.seed_everything(cfg.seed, workers=True)
+
+    datamodule = hydra.utils.instantiate(cfg.data)  # validates data.* and the folder layout
+    model = OmegaConf.to_container(cfg.model, resolve=True)
+    num_classes = model.get("num_classes") or datamodule.num_classes
+    if ckpt is not None:
+        check_compatible(read_checkpoint(ckpt), ckpt, model, num_classes)
+        log.info("resuming from %s", ckpt)
+
+    system = AlexNetSystem(
+        model=model,
+        optim=OmegaConf.to_container(cfg.optim, resolve=True),
+        num_classes=num_classes,
+        class_names=list(datamodule.class_names),
+        config=OmegaConf.to_container(cfg, resolve=True),
+    )
+    trainer = build_trainer(cfg, run_dir)
+    trainer.fit(system, datamodule=datamodule, ckpt_path=str(ckpt) if ckpt else None)
+
+    results: dict = {}
+    if cfg.test_after_fit and not trainer.fast_dev_run:
+        best = trainer.checkpoint_callback.best_model_path
+        (results,) = trainer.test(system, datamodule=datamodule, ckpt_path=best or None, verbose=False)
+        if trainer.is_global_zero:
+            print(
+                f"top1_error={results['test/top1_error']:.4f} top5_error={results['test/top5_error']:.4f} "
+                f"({datamodule.eval_crops} crop{'s' if datamodule.eval_crops > 1 else ''}, "
+                f"checkpoint {best or 'final weights'}, run folder {run_dir})"
+            )
+    return results
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="config")
+def main(cfg: DictConfig) -> None:
+    try:
+        train(cfg)
+    except ConfigError as err:
+        log.error("%s", err)
+        sys.exit(f"error: {err}")
+
+
+if __name__ == "__main__":
+    sys.argv = inherit_run_overrides(sys.argv)
+    check_run_dir_writable(sys.argv)
+    main()
