@@ -52,7 +52,7 @@ def test_a_folder_of_odd_files_gives_rgb_batches(tmp_path):
     dm = small(tmp_path)
     dm.setup("fit")
     assert len(dm.train_set) == 2 * 2 + len(ODD_FILES)
-    x, y = torch.cat([b[0] for b in batches(dm, dm.train_dataloader())]), None
+    x = torch.cat([x for x, _ in batches(dm, dm.train_dataloader())])
     assert x.shape == (len(dm.train_set), 3, 32, 32) and x.dtype == torch.float32
 
 

@@ -141,13 +141,14 @@ class AlexNetDataModule(L.LightningDataModule):
 
     def _loader(self, dataset: Dataset, shuffle: bool, **kwargs) -> DataLoader:
         workers = kwargs.pop("num_workers", self.num_workers)
+        pin = kwargs.pop("pin_memory", self.pin_memory)
         generator = torch.Generator().manual_seed(self.seed) if shuffle else None
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
             shuffle=shuffle,
             num_workers=workers,
-            pin_memory=self.pin_memory,
+            pin_memory=pin,
             persistent_workers=self.persistent_workers and workers > 0,
             generator=generator,
             **kwargs,
