@@ -82,7 +82,7 @@ def test_cifar10_option_reads_the_real_jpeg_copy(cifar10_jpg):
     assert sum(1 for _ in (cifar10_jpg / "train").rglob("*.jpg")) == 50_000
 
 
-def test_cifar10_option_trains_on_real_cifar_images(cifar10_jpg_subset):
+def test_cifar10_option_trains_on_real_cifar_images(cifar10_jpg_subset, monkeypatch):
     dm = CIFAR10DataModule(root=str(cifar10_jpg_subset), batch_size=64, normalize="imagenet")
     seen = fit(dm, batches=3)
     assert len(dm.train_set) == 2000 and len(dm.val_set) == 500
@@ -91,6 +91,7 @@ def test_cifar10_option_trains_on_real_cifar_images(cifar10_jpg_subset):
     mean, std = seen["val"][0][3:]
     assert abs(mean) < 0.3 and 0.7 < std < 1.3
     # The decoded array was cached: a second DataModule loads it without decoding.
+    monkeypatch.setattr("alexnet.data.cifar.load_rgb", lambda *a: pytest.fail("decoded again"))
     again = CIFAR10DataModule(root=str(cifar10_jpg_subset))
     again.setup()
     assert torch.equal(again.train_set.x, dm.train_set.x)
