@@ -10,7 +10,8 @@ Generates JPEGs with the shorter side 256 (as scripts/prepare_imagenet.py
 * paper, per image: the paper's preset entirely in the worker (decode, centre
   256 square, random 224 crop, flip, PCA lighting, normalise to float);
 * paper, batched: the worker decodes and crops to uint8, then flip, lighting
-  and normalisation run batched on the device (timed separately and added);
+  and normalisation run batched on the device (timed separately and added;
+  the worker part alone is what each worker sustains when a GPU does the rest);
 * torchvision RandomResizedCrop: torchvision's standard ImageNet training
   preset (references/classification) on the same files;
 * in-memory 32x32 (CIFAR, shapes): the batched augmentation alone.
@@ -112,13 +113,15 @@ def main(argv=None) -> int:
         rrc = ImageFiles(samples, torchvision_preset())
         augment = batched.train_batch.to(args.device)
 
-        rows = {"paper, per image": [], "paper, batched": [], "torchvision RandomResizedCrop": []}
+        rows = {"paper, per image": [], "paper, batched": [], "  of which the worker part": [],
+                "torchvision RandomResizedCrop": []}
         for _ in range(args.repeats):
             n = len(samples)
             load, _ = time_loader(per_image.train_set, args.batch_size)
             rows["paper, per image"].append(n / load)
             load, dev = time_loader(batched.train_set, args.batch_size, augment, args.device)
             rows["paper, batched"].append(n / (load + dev))
+            rows["  of which the worker part"].append(n / load)  # what a worker sustains when a GPU does the rest
             load, _ = time_loader(rrc, args.batch_size)
             rows["torchvision RandomResizedCrop"].append(n / load)
 
