@@ -110,3 +110,9 @@ def test_eval_transform_is_what_the_model_sees_at_evaluation(tmp_path):
     from PIL import Image
 
     assert torch.allclose(dm.eval_batch(loaded.unsqueeze(0))[0], dm.eval_transform(Image.open(path)))
+
+
+def test_eval_transform_needs_no_dataset_with_require_data_false(tmp_path):
+    # Predicting with an ImageNet checkpoint on a machine without ImageNet.
+    dm = ImageNetDataModule(root=str(tmp_path / "absent"), require_data=False, eval_crops=10)
+    assert dm.eval_transform(random_image((300, 280))).shape == (10, 3, 224, 224)

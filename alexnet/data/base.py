@@ -63,9 +63,13 @@ class AlexNetDataModule(L.LightningDataModule):
         pin_memory: bool | None = None,
         persistent_workers: bool = True,
         batch_augment: bool = True,
+        require_data: bool = True,
     ) -> None:
+        """``require_data=False`` skips the checks of data.root, for callers that
+        only need :meth:`eval_transform` (predicting on a machine without the dataset)."""
         super().__init__()
         self.save_hyperparameters()
+        self.require_data = require_data
         self.root = Path(root).expanduser() if root not in (None, "") else None
         self.batch_size, self.num_workers, self.crop_size = batch_size, num_workers, crop_size
         self.resize_size, self.center_crop, self.channels, self.seed = resize_size, center_crop, channels, seed

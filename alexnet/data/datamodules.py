@@ -157,13 +157,13 @@ class CIFAR10DataModule(InMemoryDataModule):
             crop = kwargs["crop_size"]
             kwargs["resize_size"] = 32 if crop <= 32 else crop * 8 // 7
         super().__init__(**kwargs)
-        if self.root is None or (self.root.exists() and not self.root.is_dir()):
+        if self.require_data and (self.root is None or (self.root.exists() and not self.root.is_dir())):
             raise ConfigError(
                 "data.root",
                 f"{self.root} is not a directory. Expected torchvision's {cifar.PICKLE_FOLDER[self.name]}/ "
                 "there (downloaded when missing), or a JPEG copy: <root>/train/<class>/*.jpg and <root>/test/<class>/*.jpg",
             )
-        self.layout = cifar.detect_layout(self.root, self.name)
+        self.layout = cifar.detect_layout(self.root, self.name) if self.root else "missing"
         if self.layout == "folder":
             self.class_names = check_split_classes(self.root, ["train", "test"])
         else:
@@ -210,6 +210,9 @@ class FolderDataModule(AlexNetDataModule):
             problem = f"{root} has no train/ folder"
         elif not (root / "val").is_dir() and not (root / "test").is_dir():
             problem = f"{root} has no val/ or test/ folder"
+        if problem and not self.require_data:
+            self.classes, self.class_names, self.num_classes = [], [], 0
+            return
         if problem:
             raise ConfigError("data.root", f"{problem}. Expected the layout {self.layout_hint}")
         self.val_split = "val" if (root / "val").is_dir() else "test"
