@@ -14,45 +14,25 @@ from pathlib import Path
 import hydra
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
-from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
-from alexnet.callbacks import Conv1Kernels, ThroughputProgressBar
-from alexnet.checkpoints import CHECKPOINT_DIR, check_compatible, read_checkpoint, resolve_ckpt_path
+from alexnet.checkpoints import check_compatible, read_checkpoint, resolve_ckpt_path
 from alexnet.cli import check_run_dir_writable, inherit_run_overrides
-from alexnet.config import validate
+from alexnet.config import build_datamodule, validate
 from alexnet.errors import ConfigError
 from alexnet.system import AlexNetSystem
+from alexnet.trainer import build_trainer
 
 log = logging.getLogger("train")
 
 
-def build_trainer(cfg: DictConfig, run_dir: Path) -> L.Trainer:
-    checkpoints = ModelCheckpoint(
-        dirpath=run_dir / CHECKPOINT_DIR,
-        filename="best-epoch{epoch:03d}-top1err{val/top1_error:.4f}",
-        auto_insert_metric_name=False,  # the metric's "/" would make a subfolder
-        monitor="val/top1_error",
-        mode="min",
-        save_top_k=cfg.checkpoint.save_top_k,
-        save_last=True,
-        every_n_epochs=cfg.checkpoint.every_n_epochs,
-        every_n_train_steps=cfg.checkpoint.every_n_train_steps,
-    )
-    callbacks = [checkpoints, LearningRateMonitor(logging_interval="epoch"), Conv1Kernels(), ThroughputProgressBar()]
-    logger = TensorBoardLogger(save_dir=str(run_dir), name="tensorboard", version="", default_hp_metric=False)
-    trainer_args = OmegaConf.to_container(cfg.trainer, resolve=True)
-    return L.Trainer(**trainer_args, logger=logger, callbacks=callbacks, default_root_dir=str(run_dir))
-
-
-def train(cfg: DictConfig) -> dict:
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
+def train(cfg: DictConfig, run_dir: Path) -> dict:
+    """Fit and test as ``cfg`` says, writing everything under ``run_dir``."""
     validate(cfg)
     ckpt = resolve_ckpt_path(cfg.ckpt_path, run_dir)
     L.seed_everything(cfg.seed, workers=True)
 
-    datamodule = hydra.utils.instantiate(cfg.data)  # validates data.* and the folder layout
+    datamodule = build_datamodule(cfg.data)  # validates data.* and the folder layout
     model = OmegaConf.to_container(cfg.model, resolve=True)
     num_classes = model.get("num_classes") or datamodule.num_classes
     if ckpt is not None:
@@ -85,7 +65,7 @@ def train(cfg: DictConfig) -> dict:
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> None:
     try:
-        train(cfg)
+        train(cfg, Path(HydraConfig.get().runtime.output_dir))
     except ConfigError as err:
         log.error("%s", err)
         sys.exit(f"error: {err}")

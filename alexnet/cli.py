@@ -62,3 +62,19 @@ def check_run_dir_writable(argv: list[str]) -> None:
         probe.unlink()
     except OSError as err:
         sys.exit(f"error: hydra.run.dir: cannot write to {path}: {err.strerror or err}")
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def compose(overrides: list[str], job_name: str):
+    """conf/config.yaml composed with ``overrides`` as train.py composes it, without a run folder.
+
+    For the scripts that only read a config (evaluate, predict, summarize).
+    Unknown options and keys raise Hydra's own errors.
+    """
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3", job_name=job_name):
+        return hydra_compose(config_name="config", overrides=overrides)

@@ -43,3 +43,20 @@ def validate(cfg: DictConfig) -> None:
 
     ckpt = cfg.get("ckpt_path")
     _check(ckpt is None or isinstance(ckpt, str), "ckpt_path", f"must be a path, `last` or `auto`, got {ckpt!r}")
+
+
+def build_datamodule(data: DictConfig, **kwargs):
+    """``hydra.utils.instantiate(data)``, letting a ConfigError through unwrapped.
+
+    Hydra wraps whatever a ``_target_`` raises in an InstantiationException;
+    the user should see the key that is wrong, not that wrapper.
+    """
+    import hydra
+    from hydra.errors import InstantiationException
+
+    try:
+        return hydra.utils.instantiate(data, **kwargs)
+    except InstantiationException as err:
+        if isinstance(err.__cause__, ConfigError):
+            raise err.__cause__ from None
+        raise

@@ -29,6 +29,7 @@ class Conv:
     tower_local: bool = False  # sees only its own tower's channels (groups=towers)
     lrn: bool = False  # LRN after the ReLU (Section 3.3: layers 1 and 2)
     pool: bool = False  # max-pool after (and after the LRN)
+    pool_before_lrn: bool = False  # cuda-convnet's CIFAR nets pool first, then normalise
     bias_one: bool = False  # Section 5: "biases 1 in conv2, conv4, conv5"
 
 
@@ -97,13 +98,14 @@ VARIANTS: dict[str, Variant] = {
         options={"lrn": False, "norm": "none", "dropout_position": "input", "init": "torch"},
     ),
     # After cuda-convnet's CIFAR-10 "layers-18pct" (5x5 convolutions of 32-32-64
-    # kernels, overlapping 3/2 pooling, LRN), widened and given the paper's
+    # kernels, overlapping 3/2 pooling, LRN after the pooling, which costs a
+    # quarter of LRN before it), widened and given the paper's
     # conv3-conv5 stack and a small classifier so that it learns fast per
     # CPU-second. Towers are optional (model.groups=2).
     "cifar": Variant(
         (
-            Conv(64, 5, 1, 2, lrn=True, pool=True),  # (B, 64, 32, 32) -> (B, 64, 15, 15)
-            Conv(96, 5, 1, 2, tower_local=True, lrn=True, pool=True, bias_one=True),  # -> 7x7
+            Conv(64, 5, 1, 2, lrn=True, pool=True, pool_before_lrn=True),  # (B, 64, 32, 32) -> (B, 64, 15, 15)
+            Conv(96, 5, 1, 2, tower_local=True, lrn=True, pool=True, pool_before_lrn=True, bias_one=True),  # -> 7x7
             Conv(128, 3, 1, 1),
             Conv(128, 3, 1, 1, tower_local=True, bias_one=True),
             Conv(96, 3, 1, 1, tower_local=True, pool=True, bias_one=True),  # -> (B, 96, 3, 3)
@@ -207,14 +209,18 @@ class AlexNet(nn.Module):
             if norm == "batchnorm":
                 layers.append(nn.BatchNorm2d(spec.out_channels))
             layers.append(nn.ReLU(inplace=True))
+            # Section 3.3: LRN after the ReLU, windows confined to each tower;
+            # Section 3.4: overlapping max-pooling after the LRN.
+            block = []
             if spec.lrn and lrn and norm == "lrn":
-                # Section 3.3: after the ReLU, windows confined to each tower.
-                layers.append(LocalResponseNorm(5, 1e-4, 0.75, None, groups, lrn_convention))
+                block.append(LocalResponseNorm(5, 1e-4, 0.75, None, groups, lrn_convention))
             channels = spec.out_channels
             size = conv_output_size(size, spec.kernel, spec.stride, spec.padding)
             if spec.pool:
-                layers.append(nn.MaxPool2d(window, stride))
+                pooling = nn.MaxPool2d(window, stride)
+                block.insert(0 if spec.pool_before_lrn else len(block), pooling)
                 size = conv_output_size(size, window, stride)
+            layers += block
             if size < 1:
                 raise ValueError(f"input_size {input_size} is too small for this network")
         self.features = nn.Sequential(*layers)
@@ -262,21 +268,25 @@ def initialise(net: AlexNet, scheme: str) -> None:
         conv5 and the hidden fully connected layers, 0 elsewhere.
     caffe (bvlc_alexnet): as paper, but hidden fc weights N(0, 0.005) and 0.1
         where the paper has bias 1 (Caffe found bias 1 gave a flat loss).
-    kaiming: He-normal (fan_out) convolutions, N(0, 0.01) linear, biases 0.
+    kaiming: He-normal (fan-in) convolutions and hidden fully connected
+        layers, N(0, 0.01) output layer, biases 0.
     torch: PyTorch's own default initialisation, left as it is.
     """
     if scheme not in INITS:
         raise ValueError(f"init must be one of {INITS}, got {scheme!r}")
     if scheme == "torch":
         return
-    positive = set(map(id, net.bias_one + net.hidden))
+    hidden = set(map(id, net.hidden))
+    positive = set(map(id, net.bias_one)) | hidden
     bias_value = {"paper": 1.0, "caffe": 0.1, "kaiming": 0.0}[scheme]
     for m in net.modules():
         if not isinstance(m, (nn.Conv2d, nn.Linear)):
             continue
-        if scheme == "kaiming" and isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-        elif scheme == "caffe" and id(m) in set(map(id, net.hidden)):
+        if scheme == "kaiming" and (isinstance(m, nn.Conv2d) or id(m) in hidden):
+            # He et al. 2015, fan-in: keeps the signal's scale through the ReLUs,
+            # whatever the input scaling (the paper's N(0, 0.01) relies on 0-255 pixels).
+            nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
+        elif scheme == "caffe" and id(m) in hidden:
             nn.init.normal_(m.weight, 0.0, 0.005)
         else:
             nn.init.normal_(m.weight, 0.0, 0.01)

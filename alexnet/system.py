@@ -15,16 +15,9 @@ import torch
 import torch.nn.functional as F
 from torchmetrics.classification import MulticlassAccuracy
 
+from .data.augment import average_crops
 from .models import create
 from .optim import build_optimizer, warmup_factor
-
-
-def average_crops(logits: torch.Tensor) -> torch.Tensor:
-    """Section 4.1: the softmax averaged over the crops of each image.
-
-    (B, n_crops, K) logits -> (B, K) probabilities.
-    """
-    return logits.softmax(dim=-1).mean(dim=1)
 
 
 def _numpy_state_to_safe(state: tuple) -> dict:
@@ -154,7 +147,12 @@ class AlexNetSystem(L.LightningModule):
             checkpoint["config"] = self.hparams.config
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        states = checkpoint.get("rng_states")
+        # Applied in on_train_start: the sanity-check validation that Lightning
+        # runs between restoring and training draws from the global generator.
+        self._rng_to_restore = checkpoint.get("rng_states")
+
+    def on_train_start(self) -> None:
+        states, self._rng_to_restore = getattr(self, "_rng_to_restore", None), None
         if not states:
             return
         torch.set_rng_state(states["torch"])

@@ -195,15 +195,15 @@ def test_caffe_init_uses_bias_0_1_and_std_0_005_in_fc6_and_fc7():
         assert_std(layer.weight, 0.005 if name in ("fc6", "fc7") else 0.01)
 
 
-def test_kaiming_init_is_he_normal_for_convolutions_with_zero_biases():
+def test_kaiming_init_is_he_normal_fan_in_for_convolutions_and_hidden_layers_with_zero_biases():
     net = create("tutorial_2048", init="kaiming")
     for name, layer in weighted(net).items():
         assert torch.all(layer.bias == 0), name
-        if isinstance(layer, nn.Conv2d):
-            fan_out = layer.out_channels * layer.kernel_size[0] * layer.kernel_size[1]
-            assert_std(layer.weight, (2 / fan_out) ** 0.5)
-        else:
+        if name == "fc8":
             assert_std(layer.weight, 0.01)
+        else:
+            fan_in = layer.weight[0].numel()  # in_channels/groups * k * k, or in_features
+            assert_std(layer.weight, (2 / fan_in) ** 0.5)
 
 
 def test_unknown_init_is_an_error():

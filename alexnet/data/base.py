@@ -87,6 +87,10 @@ class AlexNetDataModule(L.LightningDataModule):
         self.train_batch = BatchTrainAugment(crop_size, padding, flip, self.lighting, self.norm)
         self.eval_batch = BatchEvalTransform(crop_size, eval_crops, self.norm)
         self.bad_images: list[str] = []
+        # One generator draws every epoch's order; its state goes into the
+        # checkpoint (state_dict below), so a resumed run sees the epochs in
+        # the order an uninterrupted one would have.
+        self.shuffle_generator = torch.Generator().manual_seed(seed)
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
 
@@ -146,7 +150,7 @@ class AlexNetDataModule(L.LightningDataModule):
     def _loader(self, dataset: Dataset, shuffle: bool, **kwargs) -> DataLoader:
         workers = kwargs.pop("num_workers", self.num_workers)
         pin = kwargs.pop("pin_memory", self.pin_memory)
-        generator = torch.Generator().manual_seed(self.seed) if shuffle else None
+        generator = self.shuffle_generator if shuffle else None
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
@@ -157,6 +161,13 @@ class AlexNetDataModule(L.LightningDataModule):
             generator=generator,
             **kwargs,
         )
+
+    def state_dict(self) -> dict:
+        return {"shuffle_generator": self.shuffle_generator.get_state()}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        if "shuffle_generator" in state_dict:
+            self.shuffle_generator.set_state(state_dict["shuffle_generator"])
 
     def _need_setup(self) -> None:
         if self.train_set is None:

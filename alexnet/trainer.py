@@ -1,0 +1,35 @@
+"""The Lightning Trainer of a run: its logger, checkpoints and callbacks, all under the run folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.loggers import TensorBoardLogger
+from omegaconf import DictConfig, OmegaConf
+
+from .callbacks import Conv1Kernels, ThroughputProgressBar
+from .checkpoints import CHECKPOINT_DIR
+
+
+def build_trainer(cfg: DictConfig, run_dir: Path) -> L.Trainer:
+    """``lightning.Trainer(**cfg.trainer)`` with the run's logger, checkpoints and callbacks."""
+    checkpoints = ModelCheckpoint(
+        dirpath=run_dir / CHECKPOINT_DIR,
+        filename="best-epoch{epoch:03d}-top1err{val/top1_error:.4f}",
+        auto_insert_metric_name=False,  # the metric's "/" would make a subfolder
+        monitor="val/top1_error",
+        mode="min",
+        save_top_k=cfg.checkpoint.save_top_k,
+        save_last=True,
+        every_n_epochs=cfg.checkpoint.every_n_epochs,
+        every_n_train_steps=cfg.checkpoint.every_n_train_steps,
+    )
+    callbacks = [checkpoints, LearningRateMonitor(logging_interval="epoch"), Conv1Kernels()]
+    trainer_args = OmegaConf.to_container(cfg.trainer, resolve=True)
+    if trainer_args.get("enable_progress_bar", True):
+        callbacks.append(ThroughputProgressBar())
+    # TensorBoard writes to RUN/tensorboard; a resumed run appends to the same folder.
+    logger = TensorBoardLogger(save_dir=str(run_dir), name="tensorboard", version="", default_hp_metric=False)
+    return L.Trainer(**trainer_args, logger=logger, callbacks=callbacks, default_root_dir=str(run_dir))

@@ -1,0 +1,56 @@
+"""Evaluate any checkpoint: top-1 and top-5 error on the validation or test split.
+
+    python scripts/evaluate.py ckpt_path=outputs/2026-11-23/12-00-00/checkpoints/last.ckpt
+    python scripts/evaluate.py ckpt_path=FILE data.eval_crops=10          # the paper's ten crops
+    python scripts/evaluate.py ckpt_path=FILE data.root=/elsewhere/imagenet trainer=gpu
+
+The data config is the checkpoint's own unless the command line changes a key
+(data.KEY=VALUE) or names another dataset (data=NAME). Prints the same
+summary line that train.py ends with.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import lightning as L  # noqa: E402
+
+from alexnet.cli import compose  # noqa: E402
+from alexnet.config import build_datamodule  # noqa: E402
+from alexnet.errors import ConfigError  # noqa: E402
+from alexnet.inference import data_config, load_system  # noqa: E402
+
+
+def evaluate(overrides: list[str]) -> dict:
+    cfg = compose(overrides, "evaluate")
+    system, checkpoint, path = load_system(cfg.ckpt_path)
+    datamodule = build_datamodule(data_config(checkpoint, cfg, overrides))
+    if datamodule.num_classes != system.hparams.num_classes:
+        raise ConfigError(
+            "data",
+            f"the checkpoint {path} has {system.hparams.num_classes} classes, the data {datamodule.num_classes}",
+        )
+    trainer = L.Trainer(
+        accelerator=cfg.trainer.accelerator,
+        devices=1,
+        precision=cfg.trainer.precision,
+        logger=False,
+        enable_progress_bar=sys.stderr.isatty(),
+    )
+    (results,) = trainer.test(system, datamodule=datamodule, verbose=False)
+    crops = datamodule.eval_crops
+    print(
+        f"top1_error={results['test/top1_error']:.4f} top5_error={results['test/top5_error']:.4f} "
+        f"({crops} crop{'s' if crops > 1 else ''}, checkpoint {path})"
+    )
+    return results
+
+
+if __name__ == "__main__":
+    try:
+        evaluate(sys.argv[1:])
+    except ConfigError as err:
+        sys.exit(f"error: {err}")

@@ -1,0 +1,74 @@
+"""Print the five most probable classes of each image, by name, with probabilities.
+
+    python scripts/predict.py ckpt_path=FILE images=[cat.jpg,dog.png]
+    python scripts/predict.py ckpt_path=FILE images=[cat.jpg] data.eval_crops=10
+
+Each image goes through the checkpoint's evaluation transform (resize, centre
+crop or the paper's ten crops, normalisation), so the model sees what it saw
+at validation.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+from hydra.core.override_parser.overrides_parser import OverridesParser  # noqa: E402
+from PIL import Image, UnidentifiedImageError  # noqa: E402
+
+from alexnet.cli import compose  # noqa: E402
+from alexnet.config import build_datamodule  # noqa: E402
+from alexnet.errors import ConfigError  # noqa: E402
+from alexnet.inference import data_config, load_system  # noqa: E402
+
+
+def split_images(argv: list[str]) -> tuple[list[str], list[str]]:
+    """``images=[a.jpg,b.jpg]`` (Hydra's list syntax) and the remaining overrides."""
+    images, rest = [], []
+    for arg in argv:
+        if arg.startswith("images="):
+            value = OverridesParser.create().parse_override(arg).value()
+            images += [str(v) for v in (value if isinstance(value, list) else [value])]
+        else:
+            rest.append(arg)
+    if not images:
+        raise ConfigError("images", "give the images to classify: images=[a.jpg,b.jpg]")
+    return images, rest
+
+
+@torch.no_grad()
+def predict(argv: list[str], k: int = 5) -> list[list[tuple[str, float]]]:
+    images, overrides = split_images(argv)
+    missing = [p for p in images if not Path(p).is_file()]
+    if missing:
+        raise ConfigError("images", f"no such file: {', '.join(missing)}")
+    cfg = compose(overrides, "predict")
+    system, checkpoint, _ = load_system(cfg.ckpt_path)
+    # Only the evaluation transform is needed: no dataset on this machine is fine.
+    datamodule = build_datamodule(data_config(checkpoint, cfg, overrides), require_data=False)
+    names = system.class_names
+    results = []
+    for path in images:
+        try:
+            with Image.open(path) as image:
+                x = datamodule.eval_transform(image)
+        except (UnidentifiedImageError, OSError) as err:
+            raise ConfigError("images", f"cannot read {path}: {err}") from err
+        probs = system.predict_step(x.unsqueeze(0))[0]
+        top = probs.topk(min(k, len(probs)))
+        ranked = [(names[i], p) for p, i in zip(top.values.tolist(), top.indices.tolist())]
+        print(path)
+        for rank, (name, p) in enumerate(ranked, start=1):
+            print(f"  {rank}. {name:<30} {p:6.2%}")
+        results.append(ranked)
+    return results
+
+
+if __name__ == "__main__":
+    try:
+        predict(sys.argv[1:])
+    except ConfigError as err:
+        sys.exit(f"error: {err}")

@@ -1,0 +1,137 @@
+"""The configuration: every option composes, and bad values are refused by name.
+
+Hydra refuses unknown options and keys itself; out-of-range values get an
+error naming the key before any data is read or the trainer is built.
+"""
+
+from __future__ import annotations
+
+import pytest
+from conftest import REPO, TINY, compose_config, run_cli
+
+import train as train_script
+from alexnet.errors import ConfigError
+from alexnet.models import VARIANTS
+
+GROUPS = ("model", "data", "trainer", "optim", "experiment")
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (REPO / "conf" / group).glob("*.yaml"))
+
+
+def test_the_model_group_lists_exactly_the_variants_of_alexnet_models():
+    assert options("model") == sorted(VARIANTS)
+
+
+@pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in options(g)])
+def test_every_option_of_every_group_composes(group, option):
+    cfg = compose_config(f"{group}={option}")
+    # Resolving every interpolation catches a key that refers to nothing.
+    from omegaconf import OmegaConf
+
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    if group != "experiment":
+        chosen = resolved[group]
+        assert chosen, f"{group}={option} composed to nothing"
+    if group == "model":
+        assert resolved["model"]["name"] == option
+
+
+def test_the_default_run_is_the_quickstart_on_shapes_data():
+    cfg = compose_config()
+    assert cfg.model.name == "cifar"
+    assert cfg.data._target_.endswith("ShapesDataModule")
+    assert cfg.optim.lr == 0.01 and cfg.optim.momentum == 0.9 and cfg.optim.weight_decay == 5e-4
+
+
+def test_the_paper_experiment_is_the_paper_setup():
+    cfg = compose_config("experiment=paper_imagenet")
+    assert cfg.model.name == "paper_grouped"
+    assert cfg.data._target_.endswith("ImageNetDataModule")
+    assert cfg.data.batch_size == 128 and cfg.data.eval_crops == 10 and cfg.data.normalize == "paper"
+    assert cfg.optim.schedule == "plateau" and cfg.optim.factor == 0.1
+    assert 80 <= cfg.trainer.max_epochs <= 100
+
+
+def test_the_command_line_wins_over_the_experiment():
+    assert compose_config("model=paper_grouped").model.name == "paper_grouped"
+    assert compose_config("experiment=paper_imagenet", "model=torchvision").model.name == "torchvision"
+
+
+BAD_VALUES = [
+    ("optim.lr=0", "optim.lr"),
+    ("optim.lr=-0.1", "optim.lr"),
+    ("optim.momentum=1.5", "optim.momentum"),
+    ("optim.weight_decay=-1", "optim.weight_decay"),
+    ("optim.schedule=linear", "optim.schedule"),
+    ("optim.factor=2", "optim.factor"),
+    ("trainer.max_epochs=0", "trainer.max_epochs"),
+    ("model.dropout=1.5", "model.dropout"),
+    ("model.norm=layernorm", "model.norm"),
+    ("model.lrn_convention=keras", "model.lrn_convention"),
+    ("model.num_classes=0", "model.num_classes"),
+    ("data.batch_size=0", "data.batch_size"),
+    ("data.eval_crops=5", "data.eval_crops"),
+    ("data.resize_size=24", "data.crop_size"),  # the 32-pixel crop is larger than the resize
+    ("data.pca_std=-0.1", "data.pca_std"),
+    ("data.normalize=zscore", "data.normalize"),
+]
+
+
+@pytest.mark.parametrize("override,key", BAD_VALUES)
+def test_an_out_of_range_value_is_refused_naming_its_key_before_training(override, key, tmp_path):
+    cfg = compose_config(*TINY, override)
+    with pytest.raises(ConfigError) as err:
+        train_script.train(cfg, tmp_path)
+    assert err.value.key == key
+    assert not (tmp_path / "checkpoints").exists(), "nothing may be written before the check"
+
+
+def test_a_bad_value_on_the_command_line_exits_non_zero_with_the_key(tmp_path):
+    result = run_cli("train.py", f"hydra.run.dir={tmp_path}", "optim.lr=-1")
+    assert result.returncode != 0
+    assert "optim.lr" in result.stderr and "must be > 0" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_an_unknown_key_gets_hydras_error(tmp_path):
+    result = run_cli("train.py", f"hydra.run.dir={tmp_path}", "optim.learning_rate=0.1")
+    assert result.returncode != 0
+    assert "Could not override 'optim.learning_rate'" in result.stderr
+
+
+def test_an_unknown_option_gets_hydras_error(tmp_path):
+    result = run_cli("train.py", f"hydra.run.dir={tmp_path}", "model=resnet50")
+    assert result.returncode != 0
+    assert "Could not find 'model/resnet50'" in result.stderr
+
+
+def test_an_unwritable_output_folder_fails_at_start(tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        if (locked / "probe").parent.stat().st_mode & 0o200 or _is_root():
+            pytest.skip("root ignores folder permissions")
+        result = run_cli("train.py", f"hydra.run.dir={locked / 'run'}")
+        assert result.returncode != 0
+        assert "hydra.run.dir" in result.stderr and str(locked / "run") in result.stderr
+    finally:
+        locked.chmod(0o700)
+
+
+def test_an_output_folder_below_a_file_fails_at_start(tmp_path):
+    # Works for root too: nothing can create a folder below a regular file.
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    result = run_cli("train.py", f"hydra.run.dir={blocker / 'run'}")
+    assert result.returncode != 0
+    assert "hydra.run.dir" in result.stderr and "cannot write" in result.stderr
+    assert blocker.read_text() == "not a folder"
+
+
+def _is_root() -> bool:
+    import os
+
+    return hasattr(os, "geteuid") and os.geteuid() == 0
