@@ -53,6 +53,12 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     if cfg.test_after_fit and not trainer.fast_dev_run:
         best = trainer.checkpoint_callback.best_model_path
         (results,) = trainer.test(system, datamodule=datamodule, ckpt_path=best or None, verbose=False)
+        # TensorBoard's HPARAMS tab: the run's config against its final errors.
+        trainer.logger.log_hyperparams(
+            OmegaConf.to_container(cfg, resolve=True),
+            {"test/top1_error": results["test/top1_error"], "test/top5_error": results["test/top5_error"]},
+            step=trainer.global_step,
+        )
         if trainer.is_global_zero:
             print(
                 f"top1_error={results['test/top1_error']:.4f} top5_error={results['test/top5_error']:.4f} "

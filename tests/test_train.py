@@ -57,6 +57,7 @@ def test_a_run_logs_exactly_the_documented_tensorboard_tags(tiny_run):
     acc.Reload()
     assert "conv1_kernels/tower_1" in acc.Tags()["images"]  # Figure 3, every epoch
     assert (run / "tensorboard" / "hparams.yaml").is_file()
+    assert acc.PluginTagToContent("hparams"), "the hyperparameters reach TensorBoard's HPARAMS tab"
 
 
 def test_a_run_folder_holds_hydra_config_tensorboard_and_checkpoints(tiny_run):
@@ -95,6 +96,17 @@ def test_predict_prints_the_top_5_classes_by_name(tiny_run, tmp_path):
     assert "solid colour" in result.stdout or "noise" in result.stdout  # names, not indices
     probabilities = [float(line.rsplit(None, 1)[1].rstrip("%")) for line in ranked[:5]]
     assert probabilities == sorted(probabilities, reverse=True)
+
+
+def test_the_default_command_trains_to_at_most_10_percent_error(tmp_path):
+    # The README's first command, exactly: no overrides but the run folder.
+    run = tmp_path / "default"
+    result = run_cli("train.py", f"hydra.run.dir={run}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    top1 = float(summary_line(result.stdout).split()[0].removeprefix("top1_error="))
+    assert top1 <= 0.10
+    assert REQUIRED_TAGS <= set(scalars(run))
+    assert (run / "checkpoints" / "last.ckpt").is_file()
 
 
 # ---------------------------------------------------------------- resume
