@@ -78,3 +78,18 @@ def compose(overrides: list[str], job_name: str):
 
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3", job_name=job_name):
         return hydra_compose(config_name="config", overrides=overrides)
+
+
+def run_script(main, argv: list[str]) -> int:
+    """Run a script's ``main(argv)``; a config or Hydra error prints one line, not a traceback."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from .errors import ConfigError
+
+    try:
+        main(argv)
+    except (ConfigError, HydraException, OmegaConfBaseException) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    return 0

@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import lightning as L  # noqa: E402
 
-from alexnet.cli import compose  # noqa: E402
+from alexnet.cli import compose, run_script  # noqa: E402
 from alexnet.config import build_datamodule  # noqa: E402
 from alexnet.errors import ConfigError  # noqa: E402
 from alexnet.inference import data_config, load_system  # noqa: E402
@@ -50,7 +50,4 @@ def evaluate(overrides: list[str]) -> dict:
 
 
 if __name__ == "__main__":
-    try:
-        evaluate(sys.argv[1:])
-    except ConfigError as err:
-        sys.exit(f"error: {err}")
+    sys.exit(run_script(evaluate, sys.argv[1:]))

@@ -19,7 +19,7 @@ import torch  # noqa: E402
 from hydra.core.override_parser.overrides_parser import OverridesParser  # noqa: E402
 from PIL import Image, UnidentifiedImageError  # noqa: E402
 
-from alexnet.cli import compose  # noqa: E402
+from alexnet.cli import compose, run_script  # noqa: E402
 from alexnet.config import build_datamodule  # noqa: E402
 from alexnet.errors import ConfigError  # noqa: E402
 from alexnet.inference import data_config, load_system  # noqa: E402
@@ -68,7 +68,4 @@ def predict(argv: list[str], k: int = 5) -> list[list[tuple[str, float]]]:
 
 
 if __name__ == "__main__":
-    try:
-        predict(sys.argv[1:])
-    except ConfigError as err:
-        sys.exit(f"error: {err}")
+    sys.exit(run_script(predict, sys.argv[1:]))

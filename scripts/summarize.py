@@ -19,13 +19,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from hydra import compose, initialize_config_dir  # noqa: E402
 from hydra.errors import HydraException  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 from omegaconf.errors import OmegaConfBaseException  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
+from alexnet.cli import compose  # noqa: E402
 from alexnet.models import OPTIONS, create  # noqa: E402
 from alexnet.summary import Summary, saved_activation_bytes, summarize  # noqa: E402
 
@@ -36,8 +36,7 @@ USAGE = "usage: summarize.py [--compare MODEL_A MODEL_B] [model=NAME] [model.KEY
 
 def compose_model(overrides: list[str]) -> DictConfig:
     """The ``model`` node of conf/config.yaml composed with ``overrides``, as train.py composes it."""
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3", job_name="summarize"):
-        return compose(config_name="config", overrides=overrides).model
+    return compose(overrides, "summarize").model
 
 
 def build(model_cfg: DictConfig):
