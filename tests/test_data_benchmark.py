@@ -14,7 +14,7 @@ def test_benchmark_reports_paper_torchvision_and_batched_pipelines(tmp_path):
            "--json", str(out)]
     result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
-    names = ["paper, per image", "paper, batched", "torchvision RandomResizedCrop", "in-memory 32x32, batched (CIFAR)"]
+    names = ["paper, per image", "paper, batched", "torchvision RandomResizedCrop", "in-memory 32x32, batched (CIFAR)", "shapes generated, 32x32"]
     for name in names:
         assert name in result.stdout
     results = json.loads(out.read_text())["results"]
