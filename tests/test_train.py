@@ -109,6 +109,14 @@ def test_the_default_command_trains_to_at_most_10_percent_error(tmp_path):
     assert (run / "checkpoints" / "last.ckpt").is_file()
 
 
+def test_evaluate_and_predict_name_a_missing_file_without_a_traceback(tiny_run, tmp_path):
+    run, _ = tiny_run
+    result = run_cli("scripts/evaluate.py", f"ckpt_path={tmp_path / 'gone.ckpt'}")
+    assert result.returncode != 0 and "gone.ckpt" in result.stderr and "Traceback" not in result.stderr
+    result = run_cli("scripts/predict.py", f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}", f"images=[{tmp_path / 'gone.jpg'}]")
+    assert result.returncode != 0 and "gone.jpg" in result.stderr and "Traceback" not in result.stderr
+
+
 # ---------------------------------------------------------------- resume
 
 
