@@ -54,7 +54,9 @@ def build_optimizer(net: nn.Module, optim: dict, max_epochs: int | None) -> dict
     elif schedule == "step":
         config["scheduler"] = StepLR(optimizer, step_size=optim.get("step_size", 30), gamma=factor)
     elif schedule == "cosine":
-        t_max = max(1, (max_epochs or 1) - optim.get("warmup_epochs", 0))
+        # Over the whole run, warm-up included (warm-up only scales it). Fixed by
+        # the first run: a resumed run keeps the saved T_max.
+        t_max = max(1, max_epochs or 1)
         config["scheduler"] = CosineAnnealingLR(optimizer, T_max=t_max, eta_min=optim.get("min_lr", 0.0))
     elif schedule == "constant":
         config["scheduler"] = LambdaLR(optimizer, lambda epoch: 1.0)

@@ -117,32 +117,45 @@ class AlexNetSystem(L.LightningModule):
         return build_optimizer(self.net, self.hparams.optim, self.trainer.max_epochs)
 
     def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None):
-        # Linear warm-up scales the learning rate the scheduler chose (Lightning's
-        # documented warm-up recipe), so it composes with every schedule.
+        # Linear warm-up scales the scheduled learning rate for this one step and
+        # puts it back afterwards, so the scheduler's own state never sees it and
+        # every schedule (plateau, step, cosine) composes with it unchanged.
         steps = self.hparams.optim.get("warmup_epochs", 0) * self.trainer.num_training_batches
-        if steps and self.trainer.global_step < steps:
-            factor = warmup_factor(self.trainer.global_step, steps)
-            for group in optimizer.param_groups:
-                group.setdefault("target_lr", group["lr"])
-                group["lr"] = group["target_lr"] * factor
-        elif steps:
-            for group in optimizer.param_groups:
-                if "target_lr" in group:
-                    group["lr"] = group.pop("target_lr")
+        factor = warmup_factor(self.trainer.global_step, steps) if self.trainer.global_step < steps else 1.0
+        scheduled = [group["lr"] for group in optimizer.param_groups]
+        for group in optimizer.param_groups:
+            group["lr"] *= factor
         optimizer.step(closure=optimizer_closure)
+        for group, lr in zip(optimizer.param_groups, scheduled):
+            group["lr"] = lr
 
     # -- checkpoints ------------------------------------------------------
+    def on_fit_start(self) -> None:
+        # Every process was seeded alike (so the ranks build the same network);
+        # each now gets its own stream, or all ranks would draw the same crops,
+        # flips, lighting and dropout masks.
+        if self.trainer.world_size > 1:
+            seed = (self.hparams.config or {}).get("seed", 0) + self.global_rank
+            L.seed_everything(seed, workers=True, verbose=False)
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # Lightning restores weights, optimizer, schedulers and loop counters;
         # the random state is ours to keep so that a resumed run draws the
-        # same crops, flips and dropout masks as an uninterrupted one.
-        checkpoint["rng_states"] = {
+        # same crops, flips, lighting and dropout masks as an uninterrupted one.
+        # Each rank has its own state; rank zero writes them all.
+        state = {
             "torch": torch.get_rng_state(),
             # as a tensor and plain scalars, so the file loads with weights_only=True
             "numpy": _numpy_state_to_safe(np.random.get_state()),
             "python": random.getstate(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None,
         }
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            states: list = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(states, state)
+        else:
+            states = [state]
+        checkpoint["rng_states"] = states
         if self.hparams.config is not None:
             checkpoint["config"] = self.hparams.config
 
@@ -153,10 +166,11 @@ class AlexNetSystem(L.LightningModule):
 
     def on_train_start(self) -> None:
         states, self._rng_to_restore = getattr(self, "_rng_to_restore", None), None
-        if not states:
-            return
-        torch.set_rng_state(states["torch"])
-        np.random.set_state(_numpy_state_from_safe(states["numpy"]))
-        random.setstate(states["python"])
-        if states.get("cuda") is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(states["cuda"])
+        if not states or len(states) != self.trainer.world_size:
+            return  # a different number of processes: keep the fresh per-rank seeds
+        state = states[self.global_rank]
+        torch.set_rng_state(state["torch"])
+        np.random.set_state(_numpy_state_from_safe(state["numpy"]))
+        random.setstate(state["python"])
+        if state.get("cuda") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state(state["cuda"])

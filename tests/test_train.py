@@ -159,8 +159,10 @@ def test_resume_last_without_a_checkpoint_is_an_error_not_a_fresh_start(tmp_path
 
 
 def test_resume_auto_without_a_checkpoint_starts_afresh(tmp_path):
-    cfg = compose_config(*TINY, "ckpt_path=auto", "trainer.fast_dev_run=true")
+    cfg = compose_config(*TINY, "ckpt_path=auto", "test_after_fit=false")
     train_script.train(cfg, tmp_path)
+    checkpoint = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert checkpoint["global_step"] == 256 // 32  # one fresh epoch, nothing resumed
 
 
 def test_a_checkpoint_of_another_network_is_refused_with_the_mismatch_listed(tiny_run, tmp_path):
@@ -187,6 +189,30 @@ def test_a_file_that_is_not_a_checkpoint_is_refused_by_name(tmp_path):
     with pytest.raises(ConfigError, match="notes.ckpt is not a readable checkpoint"):
         train_script.train(cfg, tmp_path / "run")
     assert bogus.read_text() == "not a checkpoint"
+
+
+def test_warm_up_scales_each_steps_learning_rate_and_leaves_the_schedule_alone(tmp_path):
+    import lightning as L
+
+    seen: list[float] = []
+
+    class RecordLR(L.Callback):
+        def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+            seen.append(optimizer.param_groups[0]["lr"])
+
+    cfg = compose_config(*TINY, "optim.schedule=step", "optim.step_size=1", "optim.warmup_epochs=1", "trainer.max_epochs=2")
+    from alexnet.config import build_datamodule
+    from alexnet.system import AlexNetSystem
+
+    datamodule = build_datamodule(cfg.data)
+    system = AlexNetSystem(model=dict(cfg.model), optim=dict(cfg.optim), num_classes=10)
+    trainer = L.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, callbacks=[RecordLR()], num_sanity_val_steps=0)
+    trainer.fit(system, datamodule=datamodule)
+    steps = 256 // 32
+    warm = [0.01 * (0.1 + 0.9 * (i + 1) / steps) for i in range(steps)]
+    assert seen[:steps] == pytest.approx(warm)  # linear from 0.1 x lr to lr over epoch one
+    assert seen[steps:] == pytest.approx([0.001] * steps)  # then the step schedule's own drop
 
 
 # ---------------------------------------------------------------- every model, every dataset
