@@ -80,10 +80,8 @@ class AlexNetSystem(L.LightningModule):
     def _eval_step(self, stage: str, batch) -> None:
         x, y = batch
         if x.ndim == 5:  # (B, crops, C, H, W): ten-crop testing
-            b, n = x.shape[:2]
-            probs = average_crops(self(x.flatten(0, 1)).view(b, n, -1))
-            loss = F.nll_loss(probs.clamp_min(1e-12).log(), y)
-            scores = probs
+            scores = self._crop_probabilities(x)
+            loss = F.nll_loss(scores.clamp_min(1e-12).log(), y)
         else:
             scores = self(x)
             loss = F.cross_entropy(scores, y)
@@ -97,10 +95,12 @@ class AlexNetSystem(L.LightningModule):
 
     def predict_step(self, batch, batch_idx: int = 0) -> torch.Tensor:
         x = batch[0] if isinstance(batch, (tuple, list)) else batch
-        if x.ndim == 5:
-            b, n = x.shape[:2]
-            return average_crops(self(x.flatten(0, 1)).view(b, n, -1))
-        return self(x).softmax(dim=-1)
+        return self._crop_probabilities(x) if x.ndim == 5 else self(x).softmax(dim=-1)
+
+    def _crop_probabilities(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, crops, C, H, W) -> (B, K): the softmax averaged over each image's crops."""
+        b, n = x.shape[:2]
+        return average_crops(self(x.flatten(0, 1)).view(b, n, -1))
 
     def _log_errors(self, stage: str, scores, y, loss, on_step: bool) -> None:
         # Errors, not accuracies: the paper reports top-1 and top-5 error rates.

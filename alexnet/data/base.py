@@ -162,6 +162,11 @@ class AlexNetDataModule(L.LightningDataModule):
             **kwargs,
         )
 
+    def test_dataloader(self):
+        # The test split is the evaluation split: ImageNet's validation set,
+        # CIFAR's test set (which the CIFAR modules load as their val_set).
+        return self.val_dataloader()
+
     def state_dict(self) -> dict:
         return {"shuffle_generator": self.shuffle_generator.get_state()}
 

@@ -96,9 +96,6 @@ class InMemoryDataModule(AlexNetDataModule):
         self._need_setup()
         return self._tensor_loader(self.val_set, shuffle=False)
 
-    def test_dataloader(self):
-        return self.val_dataloader()
-
     def train_pixels(self, max_images: int, batch_size: int = 256):
         self._need_setup()
         x = self.train_set.x
@@ -240,9 +237,6 @@ class FolderDataModule(AlexNetDataModule):
     def val_dataloader(self):
         self._need_setup()
         return self._loader(self.val_set, False, collate_fn=collate_skipping_bad)
-
-    def test_dataloader(self):
-        return self.val_dataloader()
 
     def train_pixels(self, max_images: int, batch_size: int = 64):
         self._need_setup()
