@@ -62,7 +62,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
         if trainer.is_global_zero:
             print(
                 f"top1_error={results['test/top1_error']:.4f} top5_error={results['test/top5_error']:.4f} "
-                f"({datamodule.eval_crops} crop{'s' if datamodule.eval_crops > 1 else ''}, "
+                f"({datamodule.test_crops} crop{'s' if datamodule.test_crops > 1 else ''}, "
                 f"checkpoint {best or 'final weights'}, run folder {run_dir})"
             )
     return results

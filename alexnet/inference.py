@@ -32,4 +32,6 @@ def data_config(checkpoint: dict, cfg: DictConfig, overrides: list[str]) -> Dict
         return cfg.data
     data = OmegaConf.create(checkpoint["config"]["data"])
     changes = [o.lstrip("+") for o in overrides if o.lstrip("+").startswith("data.")]
+    if any(c.startswith("data.eval_crops=") for c in changes) and not any(c.startswith("data.test_crops=") for c in changes):
+        changes.append("data.test_crops=null")  # asking for N crops here means N crops in the test
     return OmegaConf.merge(data, OmegaConf.from_dotlist([c.removeprefix("data.") for c in changes]))

@@ -2,11 +2,14 @@
 
     python scripts/evaluate.py ckpt_path=outputs/2026-11-23/12-00-00/checkpoints/last.ckpt
     python scripts/evaluate.py ckpt_path=FILE data.eval_crops=10          # the paper's ten crops
+    python scripts/evaluate.py ckpt_path=FILE data.test_crops=1           # centre crop only
     python scripts/evaluate.py ckpt_path=FILE data.root=/elsewhere/imagenet trainer=gpu
 
 The data config is the checkpoint's own unless the command line changes a key
 (data.KEY=VALUE) or names another dataset (data=NAME). Prints the same
-summary line that train.py ends with.
+summary line that train.py ends with. The crops are data.test_crops, which
+follows data.eval_crops unless set (an eval_crops given here wins over a
+test_crops stored in the checkpoint).
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ def evaluate(overrides: list[str]) -> dict:
         enable_progress_bar=sys.stderr.isatty(),
     )
     (results,) = trainer.test(system, datamodule=datamodule, verbose=False)
-    crops = datamodule.eval_crops
+    crops = datamodule.test_crops
     print(
         f"top1_error={results['test/top1_error']:.4f} top5_error={results['test/top5_error']:.4f} "
         f"({crops} crop{'s' if crops > 1 else ''}, checkpoint {path})"

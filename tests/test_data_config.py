@@ -15,7 +15,7 @@ from alexnet.errors import ConfigError
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 COMMON_KEYS = {"root", "batch_size", "num_workers", "crop_size", "resize_size", "center_crop", "flip", "pca_std",
-               "pca_file", "normalize", "eval_crops", "max_bad_images", "channels", "seed", "pin_memory",
+               "pca_file", "normalize", "eval_crops", "test_crops", "max_bad_images", "channels", "seed", "pin_memory",
                "persistent_workers"}
 
 
@@ -49,6 +49,7 @@ BAD = [
     ({"batch_size": -4}, "data.batch_size"),
     ({"crop_size": 300}, "data.crop_size"),  # larger than resize_size 256
     ({"eval_crops": 5}, "data.eval_crops"),
+    ({"test_crops": 3}, "data.test_crops"),
     ({"pca_std": -0.1}, "data.pca_std"),
     ({"normalize": "zscore"}, "data.normalize"),
     ({"channels": 2}, "data.channels"),

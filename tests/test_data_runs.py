@@ -17,7 +17,7 @@ class Probe(L.LightningModule):
     def __init__(self, num_classes: int, channels: int = 3):
         super().__init__()
         self.net = nn.Sequential(nn.Conv2d(channels, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, num_classes))
-        self.seen = {"train": [], "val": []}
+        self.seen = {"train": [], "val": [], "test": []}
 
     def forward(self, x):
         return self.net(x)
@@ -32,6 +32,10 @@ class Probe(L.LightningModule):
         self.seen["val"].append((tuple(x.shape), x.dtype, y.dtype, float(x.mean()), float(x.std())))
         if x.dim() == 5:
             average_crops(self(x.flatten(0, 1)).view(*x.shape[:2], -1))
+
+    def test_step(self, batch, _):
+        x, y = batch
+        self.seen["test"].append((tuple(x.shape), x.dtype, y.dtype, float(x.mean()), float(x.std())))
 
     def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=0.01)
@@ -67,6 +71,21 @@ def test_folder_option_runs_per_image_path_too(tmp_path):
         seen = fit(dm)
         assert seen["train"][0][:3] == ((4, 3, 32, 32), torch.float32, torch.int64)
         assert seen["val"][0][:3] == ((4, 3, 32, 32), torch.float32, torch.int64)
+
+
+@pytest.mark.parametrize("batch_augment", [True, False])
+def test_test_crops_give_the_final_test_ten_crops_while_validation_keeps_one(tmp_path, batch_augment):
+    image_tree(tmp_path, classes=("cat", "dog"), per_class=4, size=(64, 48))
+    dm = FolderDataModule(root=str(tmp_path), crop_size=32, resize_size=40, batch_size=4, num_workers=0,
+                          normalize="imagenet", batch_augment=batch_augment, eval_crops=1, test_crops=10)
+    probe = Probe(dm.num_classes)
+    trainer = L.Trainer(max_epochs=1, limit_train_batches=1, limit_val_batches=1, limit_test_batches=1,
+                        num_sanity_val_steps=0, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(probe, datamodule=dm)
+    trainer.test(probe, datamodule=dm, verbose=False)
+    assert probe.seen["val"][0][0] == (4, 3, 32, 32)
+    assert probe.seen["test"][0][0] == (4, 10, 3, 32, 32)
 
 
 def test_shapes_option_runs_and_upscales_for_a_224_model():

@@ -6,7 +6,8 @@ no image is decoded there) and build ``self.train_set``/``self.val_set`` in
 turns them into what the model sees, on the device:
 
     train: x float32 (B, C, crop, crop), y int64 (B,)
-    val/test: x float32 (B, C, crop, crop), or (B, 10, C, crop, crop) with eval_crops=10
+    val: x float32 (B, C, crop, crop), or (B, 10, C, crop, crop) with eval_crops=10
+    test: the same with test_crops (default: eval_crops) crops
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ class AlexNetDataModule(L.LightningDataModule):
         pca_file: str | None = None,
         normalize: str = "paper",
         eval_crops: int = 1,
+        test_crops: int | None = None,
         max_bad_images: int = 10,
         channels: int = 3,
         seed: int = 0,
@@ -74,9 +76,14 @@ class AlexNetDataModule(L.LightningDataModule):
         self.batch_size, self.num_workers, self.crop_size = batch_size, num_workers, crop_size
         self.resize_size, self.center_crop, self.channels, self.seed = resize_size, center_crop, channels, seed
         self.eval_crops, self.max_bad_images, self.batch_augment = eval_crops, max_bad_images, batch_augment
+        # The final test may take the paper's ten crops while the per-epoch
+        # validation stays on the (ten times cheaper) centre crop.
+        self.test_crops = eval_crops if test_crops is None else test_crops
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
         self.persistent_workers = persistent_workers
         self._check(batch_size, num_workers, crop_size, resize_size, padding, pca_std, normalize, eval_crops, max_bad_images, channels)
+        if self.test_crops not in (1, 10):
+            raise ConfigError("data.test_crops", f"must be null (as data.eval_crops), 1 or 10, got {test_crops!r}")
 
         stats = PixelStats.load(pca_file) if pca_file else None
         mean, std = (stats.mean, stats.std) if stats else (self.mean, self.std)
@@ -86,6 +93,7 @@ class AlexNetDataModule(L.LightningDataModule):
         self.lighting = Lighting(pca_std, *eig, scale=self.norm.scale, channels=channels)
         self.train_batch = BatchTrainAugment(crop_size, padding, flip, self.lighting, self.norm)
         self.eval_batch = BatchEvalTransform(crop_size, eval_crops, self.norm)
+        self.test_batch = BatchEvalTransform(crop_size, self.test_crops, self.norm)
         self.bad_images: list[str] = []
         # One generator draws every epoch's order; its state goes into the
         # checkpoint (state_dict below), so a resumed run sees the epochs in
@@ -130,9 +138,14 @@ class AlexNetDataModule(L.LightningDataModule):
         if bad:
             self._count_bad(bad[0])
         if x.dtype == torch.uint8:  # with batch_augment=False the workers already did it
-            training = self.trainer is not None and self.trainer.training
-            x = self.train_batch(x) if training else self.eval_batch(x)
+            x = self._batch_transform()(x)
         return x, y
+
+    def _batch_transform(self):
+        trainer = self.trainer
+        if trainer is not None and trainer.training:
+            return self.train_batch
+        return self.test_batch if trainer is not None and trainer.testing else self.eval_batch
 
     def _count_bad(self, paths: list[str]) -> None:
         for p in paths:
@@ -162,10 +175,20 @@ class AlexNetDataModule(L.LightningDataModule):
             **kwargs,
         )
 
+    def val_dataloader(self):
+        self._need_setup()
+        return self._eval_loader(self.eval_batch)
+
     def test_dataloader(self):
         # The test split is the evaluation split: ImageNet's validation set,
         # CIFAR's test set (which the CIFAR modules load as their val_set).
-        return self.val_dataloader()
+        self._need_setup()
+        return self._eval_loader(self.test_batch)
+
+    def _eval_loader(self, batch: BatchEvalTransform) -> DataLoader:
+        """A loader over val_set; ``batch`` is the batch half that the workers
+        apply when batch_augment=False (else on_after_batch_transfer does)."""
+        raise NotImplementedError
 
     def state_dict(self) -> dict:
         return {"shuffle_generator": self.shuffle_generator.get_state()}

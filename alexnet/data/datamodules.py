@@ -56,7 +56,7 @@ class InMemoryDataModule(AlexNetDataModule):
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         # Images are stored at their own size and resized batched, on the device.
-        self.train_batch.resize = self.eval_batch.resize = self.resize_size
+        self.train_batch.resize = self.eval_batch.resize = self.test_batch.resize = self.resize_size
 
     def _tensors(self, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
@@ -81,20 +81,19 @@ class InMemoryDataModule(AlexNetDataModule):
         trainer = self.trainer
         return trainer.strategy.root_device if trainer is not None else torch.device("cpu")
 
-    def _tensor_loader(self, dataset: TensorImages, shuffle: bool):
+    def _tensor_loader(self, dataset: TensorImages, shuffle: bool, batch=None):
         if not self.batch_augment:  # run the batch half in the loader, on the CPU
-            dataset = TensorImages(dataset.x, dataset.y, self.train_batch if shuffle else self.eval_batch)
+            dataset = TensorImages(dataset.x, dataset.y, batch)
         on_device = dataset.x.device.type != "cpu"
         return self._loader(dataset, shuffle, num_workers=0, collate_fn=_already_batched,
                             pin_memory=self.pin_memory and not on_device)
 
     def train_dataloader(self):
         self._need_setup()
-        return self._tensor_loader(self.train_set, shuffle=True)
+        return self._tensor_loader(self.train_set, shuffle=True, batch=self.train_batch)
 
-    def val_dataloader(self):
-        self._need_setup()
-        return self._tensor_loader(self.val_set, shuffle=False)
+    def _eval_loader(self, batch):
+        return self._tensor_loader(self.val_set, shuffle=False, batch=batch)
 
     def train_pixels(self, max_images: int, batch_size: int = 256):
         self._need_setup()
@@ -234,9 +233,11 @@ class FolderDataModule(AlexNetDataModule):
         self._need_setup()
         return self._loader(self.train_set, True, collate_fn=collate_skipping_bad)
 
-    def val_dataloader(self):
-        self._need_setup()
-        return self._loader(self.val_set, False, collate_fn=collate_skipping_bad)
+    def _eval_loader(self, batch):
+        dataset = self.val_set
+        if not self.batch_augment and batch is not self.eval_batch:  # the workers run the batch half too
+            dataset = ImageFiles(dataset.samples, self.per_image(load_eval(self.resize_size, self.channels), batch), self.resize_size)
+        return self._loader(dataset, False, collate_fn=collate_skipping_bad)
 
     def train_pixels(self, max_images: int, batch_size: int = 64):
         self._need_setup()
