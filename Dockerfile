@@ -9,6 +9,11 @@ ENV PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
+# A C compiler: torch.compile (Triton's launcher) and the native LRN kernel
+# (alexnet/csrc/lrn.c) build code on first use; the runtime image has none.
+RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev \
+    && rm -rf /var/lib/apt/lists/*
+
 WORKDIR /app
 # Dependencies first, so that editing the code does not reinstall them. The
 # base image's torch satisfies the requirement and is kept.

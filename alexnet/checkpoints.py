@@ -55,7 +55,8 @@ def check_compatible(checkpoint: dict, path: Path, model: dict, num_classes: int
         for key in sorted(set(theirs) | set(ours))
         # dropout, init and the like do not change the weights' shapes, but the
         # run would not be the same run: refuse any difference in the network.
-        if key != "num_classes" and theirs.get(key) != ours.get(key)
+        # lrn_impl only chooses how the same numbers are computed.
+        if key not in ("num_classes", "lrn_impl") and theirs.get(key) != ours.get(key)
     ]
     if theirs["num_classes"] != num_classes:
         mismatches.append(f"  num_classes: checkpoint has {theirs['num_classes']}, this run has {num_classes}")

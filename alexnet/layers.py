@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .fast_lrn import IMPLS, local_response_norm
+
 # Section 3.3 of the paper: "k = 2, n = 5, alpha = 1e-4, beta = 0.75".
 # The three published ways of writing the same layer differ only in whether
 # alpha multiplies the plain sum of squares or their mean, and in k.
@@ -39,6 +41,11 @@ class LocalResponseNorm(nn.Module):
             (2 for ``paper`` and ``cuda_convnet``, 1 for ``caffe``).
         groups: the number of independent channel blocks (towers).
         convention: ``paper``, ``cuda_convnet`` or ``caffe``.
+        impl: how it is computed (:mod:`alexnet.fast_lrn`): ``torch``
+            (PyTorch's own LRN, the reference), ``native`` (a C kernel for
+            CPU tensors), ``fused`` (torch ops, compiled on CUDA) or
+            ``auto`` (native where it applies, else fused). All give the
+            same numbers; all but ``torch`` keep only the input for backward.
     """
 
     def __init__(
@@ -49,6 +56,7 @@ class LocalResponseNorm(nn.Module):
         k: float | None = None,
         groups: int = 1,
         convention: str = "paper",
+        impl: str = "torch",
     ) -> None:
         super().__init__()
         if convention not in LRN_CONVENTIONS:
@@ -59,10 +67,12 @@ class LocalResponseNorm(nn.Module):
             raise ValueError(f"LRN size must be a positive odd number, got {size}")
         if groups < 1:
             raise ValueError(f"LRN groups must be >= 1, got {groups}")
+        if impl not in IMPLS:
+            raise ValueError(f"lrn_impl must be one of {list(IMPLS)}, got {impl!r}")
         divide_by_n, default_k = LRN_CONVENTIONS[convention]
         self.size, self.alpha, self.beta = size, alpha, beta
         self.k = default_k if k is None else float(k)
-        self.groups, self.convention = groups, convention
+        self.groups, self.convention, self.impl = groups, convention, impl
         # torch's local_response_norm averages the window (divides by n), so
         # the literal sum of the paper is alpha * n in its terms.
         self._torch_alpha = alpha if divide_by_n else alpha * size
@@ -71,14 +81,47 @@ class LocalResponseNorm(nn.Module):
         b, c, h, w = x.shape
         if c % self.groups:
             raise ValueError(f"{c} channels do not split into {self.groups} LRN groups")
-        # Towers are contiguous channel blocks, so (B, G*C', H, W) -> (B*G, C', H, W)
-        # is a view and torch's kernel then never mixes two towers.
-        y = x.reshape(b * self.groups, c // self.groups, h, w)
-        y = F.local_response_norm(y, self.size, self._torch_alpha, self.beta, self.k)
-        return y.reshape(b, c, h, w)
+        return local_response_norm(x, self.size, self._torch_alpha, self.beta, self.k, self.groups, self.impl)
 
     def extra_repr(self) -> str:
         return (
             f"size={self.size}, alpha={self.alpha}, beta={self.beta}, k={self.k}, "
-            f"groups={self.groups}, convention={self.convention!r}"
+            f"groups={self.groups}, convention={self.convention!r}, impl={self.impl!r}"
         )
+
+
+class _MaxPoolKeepingIndices(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, kernel_size, stride):
+        y, indices = F.max_pool2d(x, kernel_size, stride, return_indices=True)
+        ctx.save_for_backward(indices)
+        ctx.input_shape = x.shape
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        (indices,) = ctx.saved_tensors
+        b, c, h, w = ctx.input_shape
+        # Each output's gradient goes to its window's maximum; overlapping
+        # windows can share a maximum, hence the add.
+        dx = g.new_zeros(b, c, h * w).scatter_add_(2, indices.flatten(2), g.flatten(2))
+        return dx.view(b, c, h, w), None, None
+
+
+class LeanMaxPool2d(nn.MaxPool2d):
+    """``nn.MaxPool2d`` that keeps only the argmax of each window for backward.
+
+    PyTorch's max-pooling also keeps its input. After a ReLU that costs
+    nothing (the ReLU keeps the same tensor), but after an LRN the input is
+    the LRN's output, which nothing else keeps: 1.8 MiB per image in the
+    paper's network. Same values and gradients as ``nn.MaxPool2d`` (no
+    padding, dilation or ceil_mode).
+    """
+
+    def __init__(self, kernel_size: int, stride: int | None = None) -> None:
+        super().__init__(kernel_size, stride)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.is_grad_enabled() or not x.requires_grad:
+            return super().forward(x)
+        return _MaxPoolKeepingIndices.apply(x, self.kernel_size, self.stride)

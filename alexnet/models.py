@@ -15,7 +15,8 @@ from dataclasses import dataclass, field, replace
 import torch
 from torch import nn
 
-from .layers import LRN_CONVENTIONS, LocalResponseNorm
+from .fast_lrn import IMPLS as LRN_IMPLS
+from .layers import LRN_CONVENTIONS, LeanMaxPool2d, LocalResponseNorm
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,7 @@ PAPER_CONVS = (
 OPTIONS = {
     "lrn": True,  # LRN where the variant has it (False: none there)
     "lrn_convention": "paper",  # paper | cuda_convnet | caffe
+    "lrn_impl": "auto",  # auto | native | fused | torch: same numbers, see alexnet/fast_lrn.py
     "norm": "lrn",  # lrn | batchnorm | none
     "pool": "overlapping",  # overlapping (3/2, Section 3.4) | non_overlapping (2/2)
     "dropout": 0.5,  # Section 4.2
@@ -177,6 +179,7 @@ class AlexNet(nn.Module):
         *,
         lrn: bool,
         lrn_convention: str,
+        lrn_impl: str,
         norm: str,
         pool: str,
         dropout: float,
@@ -213,11 +216,14 @@ class AlexNet(nn.Module):
             # Section 3.4: overlapping max-pooling after the LRN.
             block = []
             if spec.lrn and lrn and norm == "lrn":
-                block.append(LocalResponseNorm(5, 1e-4, 0.75, None, groups, lrn_convention))
+                block.append(LocalResponseNorm(5, 1e-4, 0.75, None, groups, lrn_convention, lrn_impl))
             channels = spec.out_channels
             size = conv_output_size(size, spec.kernel, spec.stride, spec.padding)
             if spec.pool:
-                pooling = nn.MaxPool2d(window, stride)
+                # After an LRN, a pool that keeps only its argmax for backward:
+                # the LRN's output is then kept by no one (1.8 MiB per image).
+                lean = bool(block) and not spec.pool_before_lrn and lrn_impl != "torch"
+                pooling = LeanMaxPool2d(window, stride) if lean else nn.MaxPool2d(window, stride)
                 block.insert(0 if spec.pool_before_lrn else len(block), pooling)
                 size = conv_output_size(size, window, stride)
             layers += block
@@ -307,6 +313,7 @@ def resolve_options(name: str, **overrides) -> dict:
         options["input_size"] = variant.input_size
     checks = {
         "lrn_convention": tuple(LRN_CONVENTIONS),
+        "lrn_impl": LRN_IMPLS,
         "norm": NORMS,
         "pool": tuple(POOLS),
         "dropout_position": ("input", "output"),
