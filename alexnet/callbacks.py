@@ -12,13 +12,12 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from torchvision.utils import make_grid
 
 
-def conv1_kernel_grids(net, scale: int = 3) -> list[torch.Tensor]:
-    """The conv1 kernels as one image grid per tower (the paper's Figure 3).
+def conv1_kernel_grids(weight: torch.Tensor, towers: int = 1, scale: int = 3) -> list[torch.Tensor]:
+    """conv1's weight, (96, 3, 11, 11) for the paper, as one image grid per tower (Figure 3).
 
     In the paper the first 48 kernels lived on GPU 1 and the other 48 on GPU 2.
     """
-    weight = net.conv1.weight.detach().float().cpu()  # (96, 3, 11, 11)
-    towers = weight.chunk(max(1, net.groups), dim=0)
+    towers = weight.detach().float().cpu().chunk(max(1, towers), dim=0)
     grids = []
     for kernels in towers:
         kernels = F.interpolate(kernels, scale_factor=scale, mode="nearest")
@@ -30,11 +29,12 @@ class Conv1Kernels(L.Callback):
     """Logs conv1's kernels to TensorBoard every epoch, one image per tower."""
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        weight, towers = pl_module.conv1_kernels()  # on every rank: towers may have to be gathered
         if not trainer.is_global_zero:
             return
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):
-                for tower, grid in enumerate(conv1_kernel_grids(pl_module.net), start=1):
+                for tower, grid in enumerate(conv1_kernel_grids(weight, towers), start=1):
                     logger.experiment.add_image(f"conv1_kernels/tower_{tower}", grid, trainer.global_step)
 
 
@@ -54,7 +54,8 @@ class ThroughputProgressBar(RichProgressBar):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         now = time.perf_counter()
         if self._last is not None:
-            images = len(batch[1]) * trainer.world_size
+            # model parallelism: the towers of one copy share its images
+            images = len(batch[1]) * getattr(trainer.strategy, "data_parallel_size", trainer.world_size)
             rate = images / max(now - self._last, 1e-9)
             self._rate = rate if self._rate is None else self.smoothing * self._rate + (1 - self.smoothing) * rate
         self._last = now

@@ -35,11 +35,21 @@ def validate(cfg: DictConfig) -> None:
     model = OmegaConf.to_container(cfg.model, resolve=True)
     classes = model.pop("num_classes", None)
     _check(classes is None or classes >= 1, "model.num_classes", f"must be >= 1 or null, got {classes}")
+    model_name = model.pop("name")
     try:
-        resolve_options(model.pop("name"), **model)
+        resolve_options(model_name, **model)
     except ValueError as err:
         key = str(err).split(" ", 1)[0] if str(err).startswith("model.") else "model"
         raise ConfigError(key, str(err).removeprefix(key).lstrip(": ")) from err
+
+    if model_name == "paper_dual_gpu":
+        _check(model.get("groups") == 2, "model.groups", f"paper_dual_gpu is two towers: must be 2, got {model.get('groups')}")
+        strategy = cfg.trainer.get("strategy", "auto")
+        _check(strategy in ("auto", "ddp", None), "trainer.strategy",
+               f"model=paper_dual_gpu brings its own strategy (alexnet.parallel); leave it `auto`, got {strategy!r}")
+        devices = cfg.trainer.get("devices")
+        _check(not isinstance(devices, int) or devices in (-1, 1) or devices % 2 == 0, "trainer.devices",
+               f"model=paper_dual_gpu puts one tower on each device: give an even number of devices, got {devices}")
 
     ckpt = cfg.get("ckpt_path")
     _check(ckpt is None or isinstance(ckpt, str), "ckpt_path", f"must be a path, `last` or `auto`, got {ckpt!r}")

@@ -80,6 +80,15 @@ VARIANTS: dict[str, Variant] = {
         "the paper's network on one device, two towers as groups=2",
         options={"groups": 2},
     ),
+    # Section 3.2: the same network with one tower per device (alexnet/towers.py,
+    # alexnet/parallel.py); on one device it is paper_grouped.
+    "paper_dual_gpu": Variant(
+        PAPER_CONVS,
+        (4096, 4096),
+        224,
+        "the paper's network split over two devices, one tower each (grouped on one device)",
+        options={"groups": 2},
+    ),
     "paper_single_tower": Variant(
         PAPER_CONVS, (4096, 4096), 224, "the paper's widths without towers"
     ),

@@ -65,8 +65,28 @@ class AlexNetSystem(L.LightningModule):
                 error = 1 - MulticlassAccuracy(num_classes, top_k=k, average="micro")
                 setattr(self, f"{stage}_{name}_error", error)
 
+    def configure_model(self) -> None:
+        # model=paper_dual_gpu: the strategy (alexnet.parallel) swaps the grouped
+        # network for this device's tower once the processes know their ranks.
+        split = getattr(self.trainer.strategy, "split_module", None)
+        if split is not None:
+            split(self)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
+
+    def conv1_kernels(self) -> tuple[torch.Tensor, int]:
+        """conv1's weight, (96, 3, 11, 11) for the paper, and its number of towers.
+
+        Under model parallelism every rank must call it: the towers' halves are gathered.
+        """
+        weight = self.net.conv1.weight.detach()
+        group = getattr(self.net, "group", None)
+        if group is None:
+            return weight, self.net.groups
+        parts = [torch.empty_like(weight) for _ in range(self.net.towers)]
+        torch.distributed.all_gather(parts, weight.contiguous(), group=group)
+        return torch.cat(parts), self.net.towers
 
     # -- training ---------------------------------------------------------
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
@@ -134,8 +154,11 @@ class AlexNetSystem(L.LightningModule):
         # Every process was seeded alike (so the ranks build the same network);
         # each now gets its own stream, or all ranks would draw the same crops,
         # flips, lighting and dropout masks.
+        # The towers of one model-parallel copy share a stream (the same crops
+        # for the same images; each draws the whole dropout mask and keeps its half).
         if self.trainer.world_size > 1:
-            seed = (self.hparams.config or {}).get("seed", 0) + self.global_rank
+            rank = getattr(self.trainer.strategy, "data_parallel_rank", self.global_rank)
+            seed = (self.hparams.config or {}).get("seed", 0) + rank
             L.seed_everything(seed, workers=True, verbose=False)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:

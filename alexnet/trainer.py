@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import lightning as L
@@ -11,6 +12,17 @@ from omegaconf import DictConfig, OmegaConf
 
 from .callbacks import Conv1Kernels, ThroughputProgressBar
 from .checkpoints import CHECKPOINT_DIR
+from .parallel import TowerParallelStrategy
+
+log = logging.getLogger(__name__)
+
+
+def dual_gpu_strategy(trainer_args: dict):
+    """``model=paper_dual_gpu``: one tower per device; on one device, the grouped network."""
+    if trainer_args.get("devices") in (1, "1") and trainer_args.get("num_nodes", 1) == 1:
+        log.info("model=paper_dual_gpu on one device: training the grouped network (groups=2) there")
+        return trainer_args.get("strategy", "auto")
+    return TowerParallelStrategy()
 
 
 def build_trainer(cfg: DictConfig, run_dir: Path) -> L.Trainer:
@@ -30,6 +42,8 @@ def build_trainer(cfg: DictConfig, run_dir: Path) -> L.Trainer:
     trainer_args = OmegaConf.to_container(cfg.trainer, resolve=True)
     if trainer_args.get("enable_progress_bar", True):
         callbacks.append(ThroughputProgressBar())
+    if cfg.model.name == "paper_dual_gpu":
+        trainer_args["strategy"] = dual_gpu_strategy(trainer_args)
     # TensorBoard writes to RUN/tensorboard; a resumed run appends to the same folder.
     logger = TensorBoardLogger(save_dir=str(run_dir), name="tensorboard", version="", default_hp_metric=False)
     return L.Trainer(**trainer_args, logger=logger, callbacks=callbacks, default_root_dir=str(run_dir))

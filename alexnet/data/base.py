@@ -13,10 +13,12 @@ turns them into what the model sees, on the device:
 from __future__ import annotations
 
 import warnings
+from functools import partial
 from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.fabric.utilities.seed import pl_worker_init_function
 from torch.utils.data import DataLoader, Dataset
 
 from ..errors import ConfigError
@@ -164,6 +166,12 @@ class AlexNetDataModule(L.LightningDataModule):
         workers = kwargs.pop("num_workers", self.num_workers)
         pin = kwargs.pop("pin_memory", self.pin_memory)
         generator = self.shuffle_generator if shuffle else None
+        rank = self._data_parallel_rank()
+        if workers > 0 and rank is not None and "worker_init_fn" not in kwargs:
+            # Lightning's worker seeding, keyed by the data-parallel rank rather than
+            # the global one: the two towers of a model-parallel copy (alexnet.parallel)
+            # must crop their shared images alike.
+            kwargs["worker_init_fn"] = partial(pl_worker_init_function, rank=rank)
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
@@ -178,6 +186,11 @@ class AlexNetDataModule(L.LightningDataModule):
     def val_dataloader(self):
         self._need_setup()
         return self._eval_loader(self.eval_batch)
+
+    def _data_parallel_rank(self) -> int | None:
+        strategy = getattr(self.trainer, "strategy", None) if self.trainer is not None else None
+        kwargs = getattr(strategy, "distributed_sampler_kwargs", None)
+        return kwargs.get("rank") if kwargs else None
 
     def test_dataloader(self):
         # The test split is the evaluation split: ImageNet's validation set,

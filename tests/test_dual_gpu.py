@@ -1,0 +1,142 @@
+"""`python train.py model=paper_dual_gpu`: the paper's two-GPU split, run as CPU processes.
+
+Each test runs the real command line. The network is the paper's, at a
+127-pixel input (conv5 gives 3x3 instead of 6x6) so that a run takes seconds.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import run_cli
+from test_train import REQUIRED_TAGS, scalars, summary_line
+
+DUAL = [
+    "model=paper_dual_gpu",
+    "trainer=cpu",
+    "trainer.devices=2",
+    "model.input_size=127",
+    "data.num_train=64",
+    "data.num_val=32",
+    "data.batch_size=16",
+    "trainer.max_epochs=1",
+    "trainer.enable_progress_bar=false",
+    "trainer.log_every_n_steps=1",
+]
+
+
+def train(run: Path, *args: str):
+    result = run_cli("train.py", f"hydra.run.dir={run}", *args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def load(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+@pytest.fixture(scope="module")
+def dual_run(tmp_path_factory) -> tuple[Path, str]:
+    run = tmp_path_factory.mktemp("dual") / "run"
+    result = train(run, *DUAL, "optim.schedule=step")  # a schedule that a longer resumed run continues
+    return run, result.stdout + result.stderr  # every rank's log lines
+
+
+def test_two_processes_train_and_log_the_same_tags_as_any_run(dual_run):
+    run, stdout = dual_run
+    assert REQUIRED_TAGS <= set(scalars(run))
+    assert summary_line(stdout)
+
+
+def test_each_rank_holds_one_tower_and_the_checkpoint_holds_both(dual_run):
+    run, output = dual_run
+    assert "rank 0 holds tower 0" in output and "rank 1 holds tower 1" in output
+    state = load(run / "checkpoints" / "last.ckpt")["state_dict"]
+    assert state["net.features.0.weight"].shape == (96, 3, 11, 11)  # both towers' conv1 kernels
+    assert state["net.classifier.6.weight"].shape == (10, 4096)
+    # Not one tower saved twice: the halves were trained on different ranks.
+    for name in ("net.features.0.weight", "net.features.8.weight", "net.classifier.0.weight"):
+        tower0, tower1 = state[name].chunk(2)
+        assert not torch.equal(tower0, tower1), name
+
+
+def test_a_two_device_checkpoint_evaluates_on_one_device_to_the_same_errors(dual_run):
+    run, stdout = dual_run
+    best = next((run / "checkpoints").glob("best-*.ckpt"))
+    result = run_cli("scripts/evaluate.py", f"ckpt_path={best}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert summary_line(result.stdout).split(" (")[0] == summary_line(stdout).split(" (")[0]
+
+
+def test_convert_dual_to_grouped_and_back_is_exact(dual_run, tmp_path):
+    run, _ = dual_run
+    dual = run / "checkpoints" / "last.ckpt"
+    grouped, back = tmp_path / "grouped.ckpt", tmp_path / "back.ckpt"
+    first = run_cli("scripts/convert_checkpoint.py", str(dual), str(grouped))
+    assert first.returncode == 0, first.stderr
+    assert "(paper_dual_gpu)" in first.stdout and "(paper_grouped)" in first.stdout
+    second = run_cli("scripts/convert_checkpoint.py", str(grouped), str(back))
+    assert second.returncode == 0, second.stderr
+    a, g, b = load(dual), load(grouped), load(back)
+    assert g["hyper_parameters"]["model"]["name"] == "paper_grouped"
+    assert b["hyper_parameters"]["model"] == a["hyper_parameters"]["model"]
+    for key, value in a["state_dict"].items():
+        assert torch.equal(value, b["state_dict"][key]) and torch.equal(value, g["state_dict"][key]), key
+    for i, state in a["optimizer_states"][0]["state"].items():
+        assert torch.equal(state["momentum_buffer"], b["optimizer_states"][0]["state"][i]["momentum_buffer"])
+    # The grouped checkpoint resumes as paper_grouped on one process.
+    resumed = train(tmp_path / "as_grouped", *[a for a in DUAL if a not in ("model=paper_dual_gpu", "trainer.devices=2")],
+                    "model=paper_grouped", f"ckpt_path={grouped}", "trainer.max_epochs=2", "test_after_fit=false")
+    assert "resuming" in resumed.stdout + resumed.stderr
+    assert load(tmp_path / "as_grouped" / "checkpoints" / "last.ckpt")["global_step"] == 2 * a["global_step"]
+
+
+def test_convert_refuses_another_network_by_name(tmp_path):
+    path = tmp_path / "cifar.ckpt"
+    torch.save({"state_dict": {}, "hyper_parameters": {"model": {"name": "cifar"}, "num_classes": 10}}, path)
+    result = run_cli("scripts/convert_checkpoint.py", str(path), str(tmp_path / "out.ckpt"))
+    assert result.returncode == 1 and "'cifar'" in result.stderr and str(path) in result.stderr
+    assert not (tmp_path / "out.ckpt").exists()
+
+
+def test_resume_on_two_processes_equals_two_epochs_straight(tmp_path):
+    args = [*DUAL, "optim.schedule=step", "checkpoint.save_top_k=0", "test_after_fit=false"]
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    train(straight, *args, "trainer.max_epochs=2")
+    train(resumed, *args)
+    rest = train(resumed, "ckpt_path=last", "trainer.max_epochs=2")
+    assert "resuming" in rest.stdout + rest.stderr
+    a, b = load(straight / "checkpoints" / "last.ckpt"), load(resumed / "checkpoints" / "last.ckpt")
+    assert (a["epoch"], a["global_step"]) == (b["epoch"], b["global_step"])
+    for key, value in a["state_dict"].items():
+        assert torch.equal(value, b["state_dict"][key]), f"{key} differs after resuming"
+
+
+def test_four_processes_run_two_data_parallel_copies_of_the_two_towers(dual_run, tmp_path):
+    # ... resuming the two-process run's checkpoint: another data-parallel size is supported.
+    run, _ = dual_run
+    four = tmp_path / "four"
+    result = train(four, *DUAL, "trainer.devices=4", f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}",
+                   "trainer.max_epochs=2", "test_after_fit=false")
+    assert "rank 3 holds tower 1 of data-parallel copy 1 of 2" in result.stdout + result.stderr
+    before, after = load(run / "checkpoints" / "last.ckpt"), load(four / "checkpoints" / "last.ckpt")
+    # The second epoch took half the steps: two copies share each epoch's images.
+    assert after["global_step"] == before["global_step"] + before["global_step"] // 2
+    tower0, tower1 = after["state_dict"]["net.features.0.weight"].chunk(2)
+    assert not torch.equal(tower0, tower1)
+    assert not torch.equal(after["state_dict"]["net.classifier.6.weight"], before["state_dict"]["net.classifier.6.weight"])
+
+
+def test_an_odd_device_count_is_refused_before_training(tmp_path):
+    result = run_cli("train.py", f"hydra.run.dir={tmp_path / 'run'}", *DUAL, "trainer.devices=3")
+    assert result.returncode == 1 and "trainer.devices" in result.stderr
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_on_one_device_it_trains_the_grouped_network_and_says_so(tmp_path):
+    run = tmp_path / "one"
+    args = [a for a in DUAL if a != "trainer.devices=2"]
+    result = train(run, *args, "trainer.limit_train_batches=2", "trainer.limit_val_batches=1", "test_after_fit=false")
+    assert (result.stdout + result.stderr).count("on one device: training the grouped network (groups=2)") == 1
