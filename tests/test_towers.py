@@ -7,6 +7,7 @@ network that it also runs whole.
 """
 
 import copy
+import json
 import socket
 
 import pytest
@@ -14,6 +15,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
+from conftest import run_cli
 
 from alexnet.models import create
 from alexnet.towers import Tower, TowerDropout, merge_towers, split_towers
@@ -114,6 +116,36 @@ def test_tower_dropout_keeps_its_half_of_a_whole_layer_mask():
         halves.append(TowerDropout(0.5, t)(x))
     assert torch.equal(torch.cat(halves, dim=1), whole)
     assert torch.equal(TowerDropout(0.5, 0).eval()(x), x)
+
+
+def _one_step(rank, world, port, queue):
+    init(rank, world, port)
+    torch.manual_seed(0)
+    tower = Tower(create("paper_grouped", num_classes=1000, init="torch"), rank, dist.group.WORLD)
+    F.cross_entropy(tower(torch.zeros(2, 3, 224, 224)), torch.tensor([1, 2])).backward()
+    queue.put(tower.exchanged)
+    dist.destroy_process_group()
+
+
+def test_the_towers_exchange_only_conv3_fc6_fc7_fc8_inputs_and_the_logits():
+    queue = mp.get_context("spawn").SimpleQueue()
+    spawn(_one_step, 2, queue)
+    float32 = 4
+    # forward activations and backward gradients of each tower's half, per image
+    meeting_points = 128 * 13 * 13 + 128 * 6 * 6 + 2048 + 2048  # conv3, fc6, fc7, fc8 inputs
+    per_image = 2 * meeting_points * float32 + 500 * float32  # + its half of the logits
+    assert [queue.get(), queue.get()] == [2 * per_image] * 2  # 244.7 KiB per image
+
+
+def test_the_benchmark_prints_throughput_and_bytes_exchanged(tmp_path):
+    out = tmp_path / "towers.json"
+    result = run_cli("scripts/benchmark_towers.py", "--batch-size", "2", "--input-size", "127", "--steps", "1",
+                     "--warmup", "0", "--num-classes", "10", "--json", str(out))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "paper_dual_gpu, 2 processes" in result.stdout and "exchanged per tower per step" in result.stdout
+    figures = json.loads(out.read_text())
+    assert figures["bytes_per_image"] == 2 * (128 * 7 * 7 + 128 * 3 * 3 + 2048 + 2048) * 4 + 5 * 4
+    assert figures["dual_images_per_s"] > 0 and figures["grouped_images_per_s"] > 0
 
 
 def _mismatched_inputs(rank, world, port):
