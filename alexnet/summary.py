@@ -155,7 +155,8 @@ def summarize(net: nn.Module, input_shape: tuple[int, int, int] | None = None) -
             Layer(
                 name="",
                 module=names[module],
-                kind=type(module).__name__,
+                # the layer type it is (a subclass such as a faster pooling counts as its base)
+                kind=next(k.__name__ for k in _STEMS if isinstance(module, k)),
                 shape=tuple(out.shape[1:]),
                 parameters=sum(p.numel() for p in module.parameters(recurse=False)),
                 macs=_macs(module, out),

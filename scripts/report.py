@@ -1,0 +1,188 @@
+"""Tabulate a sweep: each ingredient's effect on top-1 / top-5 error beside the paper's claim.
+
+    python train.py -m experiment=ablation_cifar data.root=/data/cifar10
+    python scripts/report.py multirun/ablation_cifar/2026-11-23/17-42-24
+    python scripts/report.py RUN_A RUN_B ... --out docs/ablation
+
+Reads every run folder found under the given folders (a folder with a
+``tensorboard/`` log and a ``.hydra/`` config), groups the runs by their
+``ablation`` choice (``baseline`` when none), and writes ``report.md`` (the
+mean and spread of top-1 and top-5 error per setting, the change each makes
+against the baseline in percentage points, and the paper's claim) and
+``curves.png`` (validation top-1 error and training loss, mean over seeds).
+A run's error is its final test result (``test/*``, the best checkpoint),
+or its last validation error when it has no test. Both go to ``--out``, by
+default the first folder given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import yaml  # noqa: E402
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
+
+BASELINE = "baseline"
+# What the paper says removing each ingredient does (top-1, top-5 error change).
+CLAIMS = {
+    "no_lrn": "+1.4 / +1.2 (Section 3.3)",
+    "no_overlap": "+0.4 / +0.3 (Section 3.4)",
+    "no_pca": "over +1 top-1 (Section 4.1)",
+    "no_dropout": '"substantial overfitting" (Section 4.2)',
+    "one_tower": "two towers beat one tower of half the kernels by 1.7 / 1.2 (Section 3.2); here one tower of the same width",
+}
+ORDER = [BASELINE, "no_lrn", "no_overlap", "no_pca", "no_dropout", "one_tower"]
+
+
+@dataclass
+class Run:
+    folder: Path
+    setting: str
+    seed: int | None
+    top1: float
+    top5: float
+    source: str  # test or val
+    curves: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+
+
+def find_runs(paths: list[Path]) -> list[Path]:
+    """Run folders at or under ``paths``, in a stable order."""
+    runs = []
+    for path in paths:
+        if not path.is_dir():
+            raise SystemExit(f"error: {path}: no such folder")
+        found = sorted({p.parent for p in path.rglob("tensorboard") if (p.parent / ".hydra").is_dir()})
+        if not found:
+            raise SystemExit(f"error: {path}: no run folders (a folder with tensorboard/ and .hydra/) under it")
+        runs += found
+    return runs
+
+
+def _yaml(path: Path) -> dict:
+    try:
+        return yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return {}
+
+
+def read_run(folder: Path) -> Run | None:
+    """One run's setting, seed, final errors and curves; None if it logged no errors (a crashed run)."""
+    acc = EventAccumulator(str(folder / "tensorboard"))
+    acc.Reload()
+    curves = {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+    choices = _yaml(folder / ".hydra" / "hydra.yaml").get("hydra", {}).get("runtime", {}).get("choices", {})
+    config = _yaml(folder / ".hydra" / "config.yaml")
+    for stage in ("test", "val"):
+        if curves.get(f"{stage}/top1_error") and curves.get(f"{stage}/top5_error"):
+            return Run(
+                folder,
+                choices.get("ablation") or BASELINE,
+                config.get("seed"),
+                curves[f"{stage}/top1_error"][-1][1],
+                curves[f"{stage}/top5_error"][-1][1],
+                stage,
+                curves,
+            )
+    return None
+
+
+def _mean_spread(values: list[float]) -> str:
+    mean = 100 * statistics.mean(values)
+    spread = f" ± {100 * statistics.stdev(values):.2f}" if len(values) > 1 else ""
+    return f"{mean:.2f}{spread}"
+
+
+def _delta(values: list[float], base: list[float] | None) -> str:
+    if not base:
+        return "n/a"
+    return f"{100 * (statistics.mean(values) - statistics.mean(base)):+.2f}"
+
+
+def table(runs: list[Run]) -> str:
+    """The Markdown table: one row per setting, errors in percent (mean ± sample std over seeds)."""
+    by = defaultdict(list)
+    for run in runs:
+        by[run.setting].append(run)
+    settings = [s for s in ORDER if s in by] + sorted(s for s in by if s not in ORDER)
+    base = by.get(BASELINE)
+    lines = [
+        "| setting | runs (seeds) | top-1 error % | top-5 error % | top-1 change | top-5 change | the paper's claim (removing it) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for s in settings:
+        group = by[s]
+        top1, top5 = [r.top1 for r in group], [r.top5 for r in group]
+        seeds = ",".join(str(r.seed) for r in sorted(group, key=lambda r: (r.seed is None, r.seed)))
+        changes = ("", "") if s == BASELINE else (
+            _delta(top1, base and [r.top1 for r in base]), _delta(top5, base and [r.top5 for r in base]))
+        lines.append(
+            f"| {s} | {len(group)} ({seeds}) | {_mean_spread(top1)} | {_mean_spread(top5)} | "
+            f"{changes[0]} | {changes[1]} | {CLAIMS.get(s, '')} |"
+        )
+    sources = {r.source for r in runs}
+    lines.append("")
+    lines.append(
+        "Errors are each run's final "
+        + (" or ".join(f"`{s}/*`" for s in sorted(sources)))
+        + " result; ± is the sample standard deviation over seeds; a change is the setting's mean minus the "
+        "baseline's, in percentage points (positive: the ingredient helped)."
+    )
+    return "\n".join(lines)
+
+
+def plot(runs: list[Run], path: Path) -> None:
+    """Validation top-1 error and training loss against the step, mean over each setting's seeds."""
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    by = defaultdict(list)
+    for run in runs:
+        by[run.setting].append(run)
+    for ax, tag, title in ((axes[0], "val/top1_error", "validation top-1 error"), (axes[1], "train/loss", "training loss")):
+        for setting in [s for s in ORDER if s in by] + sorted(s for s in by if s not in ORDER):
+            series = [dict(r.curves.get(tag, [])) for r in by[setting]]
+            steps = sorted(set.intersection(*(set(s) for s in series))) if series else []
+            if steps:
+                ax.plot(steps, [statistics.mean(s[k] for s in series) for k in steps], label=setting,
+                        marker="o" if tag.startswith("val") else None, markersize=3)
+        ax.set_xlabel("training step")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+    axes[0].legend()
+    fig.suptitle(f"{len(runs)} runs, mean over seeds")
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("folders", nargs="+", type=Path, help="sweep or run folders")
+    parser.add_argument("--out", type=Path, help="where to write report.md and curves.png (default: the first folder)")
+    args = parser.parse_args(argv)
+    runs, skipped = [], []
+    for folder in find_runs(args.folders):
+        run = read_run(folder)
+        (runs.append(run) if run else skipped.append(folder))
+    for folder in skipped:
+        print(f"warning: {folder} logged no top-1/top-5 errors (did it crash?); left out", file=sys.stderr)
+    if not runs:
+        raise SystemExit("error: none of the runs logged top-1/top-5 errors")
+    out = args.out or args.folders[0]
+    out.mkdir(parents=True, exist_ok=True)
+    markdown = table(runs)
+    (out / "report.md").write_text(markdown + "\n")
+    plot(runs, out / "curves.png")
+    print(markdown)
+    print(f"\nwrote {out / 'report.md'} and {out / 'curves.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
