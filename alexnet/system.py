@@ -18,6 +18,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from .data.augment import average_crops
 from .models import create
 from .optim import build_optimizer, warmup_factor
+from .towers import clip_grad_norm_towers
 
 
 def _numpy_state_to_safe(state: tuple) -> dict:
@@ -135,6 +136,13 @@ class AlexNetSystem(L.LightningModule):
     # -- optimisation -----------------------------------------------------
     def configure_optimizers(self):
         return build_optimizer(self.net, self.hparams.optim, self.trainer.max_epochs)
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
+        group = getattr(self.net, "group", None)
+        if group is None or not gradient_clip_val or gradient_clip_algorithm == "value":
+            # (clipping by value acts per element: the same on a tower as on the whole)
+            return super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+        clip_grad_norm_towers(self.parameters(), gradient_clip_val, group)
 
     def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None):
         # Linear warm-up scales the scheduled learning rate for this one step and

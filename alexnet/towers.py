@@ -212,6 +212,17 @@ class Tower(nn.Module):
         return self.features[0]
 
 
+def clip_grad_norm_towers(parameters, max_norm: float, group) -> torch.Tensor:
+    """``torch.nn.utils.clip_grad_norm_`` for a tower: the norm is the whole
+    network's, over both towers' gradients, so every tower scales alike."""
+    grads = [p.grad for p in parameters if p.grad is not None]
+    squares = torch.stack([g.detach().float().square().sum() for g in grads]).sum()
+    dist.all_reduce(squares, group=group)
+    norm = squares.sqrt()
+    torch._foreach_mul_(grads, (max_norm / (norm + 1e-6)).clamp(max=1.0).to(grads[0].dtype))
+    return norm
+
+
 def split_towers(state: dict[str, torch.Tensor], tower: int, towers: int = TOWERS) -> dict[str, torch.Tensor]:
     """A grouped network's state (or a two-device checkpoint's) -> one tower's: every
     tensor's slice ``tower`` of ``towers`` along dimension 0; scalars are shared."""
@@ -223,4 +234,4 @@ def merge_towers(states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tenso
     return {k: (torch.cat([s[k] for s in states]) if v.ndim else v) for k, v in states[0].items()}
 
 
-__all__ = ["TOWERS", "Tower", "TowerDropout", "gather_towers", "merge_towers", "split_towers"]
+__all__ = ["TOWERS", "Tower", "TowerDropout", "clip_grad_norm_towers", "gather_towers", "merge_towers", "split_towers"]

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from conftest import run_cli
 
 from alexnet.models import create
-from alexnet.towers import Tower, TowerDropout, merge_towers, split_towers
+from alexnet.towers import Tower, TowerDropout, clip_grad_norm_towers, merge_towers, split_towers
 
 
 
@@ -146,6 +146,28 @@ def test_the_benchmark_prints_throughput_and_bytes_exchanged(tmp_path):
     figures = json.loads(out.read_text())
     assert figures["bytes_per_image"] == 2 * (128 * 7 * 7 + 128 * 3 * 3 + 2048 + 2048) * 4 + 5 * 4
     assert figures["dual_images_per_s"] > 0 and figures["grouped_images_per_s"] > 0
+
+
+def _clipped(rank, world, port):
+    init(rank, world, port)
+    torch.manual_seed(0)
+    grouped = create("paper_grouped", num_classes=10, init="kaiming", dropout=0.0, input_size=127)
+    tower = Tower(copy.deepcopy(grouped), rank, dist.group.WORLD)
+    x, y = torch.randn(2, 3, 127, 127, generator=torch.Generator().manual_seed(1)), torch.tensor([1, 2])
+    for net in (grouped, tower):
+        F.cross_entropy(net(x), y).backward()
+    full = torch.nn.utils.clip_grad_norm_(grouped.parameters(), 0.5)
+    norm = clip_grad_norm_towers(list(tower.parameters()), 0.5, dist.group.WORLD)
+    assert_close(norm, full, "the gradient norm")
+    assert full > 0.5  # the clipping did something
+    grads = {n: p.grad for n, p in grouped.named_parameters()}
+    for name, p in tower.named_parameters():
+        assert_close(p.grad, grads[name].chunk(world)[rank], f"clipped gradient of {name}")
+    dist.destroy_process_group()
+
+
+def test_clipping_by_norm_takes_the_whole_networks_norm_across_towers():
+    spawn(_clipped, 2)
 
 
 def _mismatched_inputs(rank, world, port):
