@@ -12,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .callbacks import Conv1Kernels, ThroughputProgressBar
 from .checkpoints import CHECKPOINT_DIR
+from .fast_path import configure as fast_path_callbacks
 from .parallel import TowerParallelStrategy
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path) -> L.Trainer:
     )
     callbacks = [checkpoints, LearningRateMonitor(logging_interval="epoch"), Conv1Kernels()]
     trainer_args = OmegaConf.to_container(cfg.trainer, resolve=True)
+    callbacks += fast_path_callbacks(cfg.get("fast_path"), trainer_args)  # may set precision, benchmark
     if trainer_args.get("enable_progress_bar", True):
         callbacks.append(ThroughputProgressBar())
     if cfg.model.name == "paper_dual_gpu":

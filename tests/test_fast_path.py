@@ -1,0 +1,108 @@
+"""The GPU fast path is on by default on CUDA, off on the CPU, and each part runs on the CPU when asked."""
+
+import lightning as L
+import pytest
+import torch
+from conftest import compose_config
+from torch.utils.data import DataLoader, TensorDataset
+
+from alexnet.data import ShapesDataModule
+from alexnet.errors import ConfigError
+from alexnet.fast_path import FastPath, configure
+from alexnet.layers import LocalResponseNorm
+from alexnet.system import AlexNetSystem
+
+TRAINER_AUTO = {"accelerator": "auto", "precision": "32-true", "benchmark": None}
+
+
+def test_the_config_has_a_fast_path_section_of_auto_switches():
+    cfg = compose_config()
+    assert dict(cfg.fast_path) == {"channels_last": "auto", "bf16": "auto", "cudnn_benchmark": "auto", "compile": False}
+
+
+def test_auto_turns_nothing_on_when_training_on_the_cpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    args = dict(TRAINER_AUTO)
+    assert configure({}, args) == []
+    assert args == TRAINER_AUTO
+
+
+@pytest.mark.parametrize("accelerator", ["gpu", "cuda", "auto"])
+def test_auto_turns_bf16_cudnn_autotuning_and_channels_last_on_when_training_on_cuda(accelerator, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    args = {**TRAINER_AUTO, "accelerator": accelerator}
+    (callback,) = configure({}, args)
+    assert args["precision"] == "bf16-mixed" and args["benchmark"] is True
+    assert callback.channels_last and callback.compile is False
+
+
+def test_an_explicit_trainer_precision_or_benchmark_wins_over_auto(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    args = {**TRAINER_AUTO, "precision": "16-mixed", "benchmark": False}
+    configure({}, args)
+    assert args["precision"] == "16-mixed" and args["benchmark"] is False
+
+
+def test_true_forces_a_switch_on_the_cpu_and_false_keeps_it_off_on_cuda(monkeypatch):
+    args = {**TRAINER_AUTO, "accelerator": "cpu"}
+    (callback,) = configure({"bf16": True, "channels_last": True, "compile": "aot_eager"}, args)
+    assert args["precision"] == "bf16-mixed" and callback.channels_last and callback.compile == "aot_eager"
+    args = {**TRAINER_AUTO, "accelerator": "gpu"}
+    assert configure({"bf16": False, "channels_last": False, "cudnn_benchmark": False}, args) == []
+    assert args == {**TRAINER_AUTO, "accelerator": "gpu"}
+
+
+@pytest.mark.parametrize("key, value", [("bf16", "yes"), ("channels_last", 1), ("compile", 3), ("fast", True)])
+def test_a_bad_fast_path_value_is_an_error_naming_the_key(key, value):
+    with pytest.raises(ConfigError, match="fast_path"):
+        configure({key: value}, dict(TRAINER_AUTO))
+
+
+def test_data_is_pinned_for_non_blocking_copies_exactly_when_cuda_is_there(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert ShapesDataModule(num_train=8, num_val=8, crop_size=32).pin_memory
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert not ShapesDataModule(num_train=8, num_val=8, crop_size=32).pin_memory
+
+
+def fit_two_steps(callback, precision="32-true"):
+    """Two training steps of the cifar model on in-memory tensors, recording conv1's input and the LRN's."""
+    torch.manual_seed(0)
+    system = AlexNetSystem(model={"name": "cifar"}, optim={"lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4,
+                                                           "schedule": "constant", "warmup_epochs": 0}, num_classes=10)
+    seen = {}
+
+    def record(name):
+        def hook(module, inputs, output):
+            seen.setdefault(name, (inputs[0], output))  # the first call's; returns None: output unchanged
+        return hook
+
+    system.net.conv1.register_forward_hook(record("conv1"))
+    next(m for m in system.net.modules() if isinstance(m, LocalResponseNorm)).register_forward_hook(record("lrn"))
+    data = TensorDataset(torch.randn(16, 3, 32, 32), torch.randint(0, 10, (16,)))
+    trainer = L.Trainer(accelerator="cpu", max_steps=2, precision=precision, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+                        callbacks=[callback])
+    trainer.fit(system, DataLoader(data, batch_size=8))
+    return system, seen, trainer
+
+
+def test_channels_last_and_bf16_train_on_the_cpu():
+    system, seen, trainer = fit_two_steps(FastPath(channels_last=True), precision="bf16-mixed")
+    assert seen["conv1"][0].is_contiguous(memory_format=torch.channels_last)
+    assert system.net.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    lrn_in, lrn_out = seen["lrn"]
+    assert lrn_in.dtype == lrn_out.dtype == torch.bfloat16  # bf16 in and out; float32 inside
+    assert lrn_out.is_contiguous(memory_format=torch.channels_last)
+    assert torch.isfinite(trainer.callback_metrics["train/loss"])
+
+
+def test_compile_trains_on_the_cpu_and_keeps_the_checkpoint_keys():
+    torch._dynamo.reset()
+    keys = set(AlexNetSystem(model={"name": "cifar"}, optim={}, num_classes=10).state_dict())
+    # aot_eager: torch.compile's graph capture and autograd without code generation: seconds,
+    # where inductor's C++ code generation takes a minute on a small CPU
+    system, seen, trainer = fit_two_steps(FastPath(channels_last=False, compile="aot_eager"))
+    assert system.net._compiled_call_impl is not None
+    assert set(system.state_dict()) == keys
+    assert torch.isfinite(trainer.callback_metrics["train/loss"])
