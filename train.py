@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from alexnet.checkpoints import check_compatible, read_checkpoint, resolve_ckpt_path
 from alexnet.cli import check_run_dir_writable, inherit_run_overrides
 from alexnet.config import build_datamodule, validate
-from alexnet.errors import ConfigError
+from alexnet.errors import ConfigError, TrainingError
 from alexnet.system import AlexNetSystem
 from alexnet.trainer import build_trainer
 
@@ -72,7 +72,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
 def main(cfg: DictConfig) -> None:
     try:
         train(cfg, Path(HydraConfig.get().runtime.output_dir))
-    except ConfigError as err:
+    except (ConfigError, TrainingError) as err:
         log.error("%s", err)
         sys.exit(f"error: {err}")
 

@@ -10,3 +10,11 @@ class ConfigError(ValueError):
     def __init__(self, key: str, message: str) -> None:
         self.key = key
         super().__init__(f"{key}: {message}")
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on safely: a non-finite loss or weights, a checkpoint that cannot be written.
+
+    The message names the step or the file, and what was kept; ``train.py``
+    prints it as one line and exits with status 1.
+    """

@@ -11,6 +11,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
 from .callbacks import Conv1Kernels, ThroughputProgressBar
+from .checkpoint_io import AtomicCheckpointIO
 from .checkpoints import CHECKPOINT_DIR
 from .fast_path import configure as fast_path_callbacks
 from .parallel import TowerParallelStrategy
@@ -48,4 +49,6 @@ def build_trainer(cfg: DictConfig, run_dir: Path) -> L.Trainer:
         trainer_args["strategy"] = dual_gpu_strategy(trainer_args)
     # TensorBoard writes to RUN/tensorboard; a resumed run appends to the same folder.
     logger = TensorBoardLogger(save_dir=str(run_dir), name="tensorboard", version="", default_hp_metric=False)
-    return L.Trainer(**trainer_args, logger=logger, callbacks=callbacks, default_root_dir=str(run_dir))
+    # Every checkpoint is written aside and renamed into place (alexnet/checkpoint_io.py).
+    return L.Trainer(**trainer_args, logger=logger, callbacks=callbacks, plugins=[AtomicCheckpointIO()],
+                     default_root_dir=str(run_dir))
