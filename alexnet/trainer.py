@@ -12,7 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .callbacks import Conv1Kernels, ThroughputProgressBar
 from .checkpoint_io import AtomicCheckpointIO
-from .checkpoints import CHECKPOINT_DIR
+from .checkpoints import CHECKPOINT_DIR, LAST
 from .fast_path import configure as fast_path_callbacks
 from .parallel import TowerParallelStrategy
 
@@ -36,11 +36,18 @@ def build_trainer(cfg: DictConfig, run_dir: Path) -> L.Trainer:
         monitor="val/top1_error",
         mode="min",
         save_top_k=cfg.checkpoint.save_top_k,
-        save_last=True,
         every_n_epochs=cfg.checkpoint.every_n_epochs,
-        every_n_train_steps=cfg.checkpoint.every_n_train_steps,
     )
-    callbacks = [checkpoints, LearningRateMonitor(logging_interval="epoch"), Conv1Kernels()]
+    # last.ckpt has unmonitored callbacks of its own: save_last=True on the monitored one
+    # rewrites it only when the best improves, and drops step saves until a validation
+    # metric exists (the first epoch of a run, or of a resumed run). No version counter:
+    # always last.ckpt, never a last-v1.ckpt beside a stale last.ckpt.
+    last = dict(dirpath=run_dir / CHECKPOINT_DIR, filename=LAST.removesuffix(".ckpt"), monitor=None, save_top_k=1,
+                enable_version_counter=False)
+    callbacks = [checkpoints, ModelCheckpoint(**last, every_n_epochs=cfg.checkpoint.every_n_epochs),
+                 LearningRateMonitor(logging_interval="epoch"), Conv1Kernels()]
+    if cfg.checkpoint.every_n_train_steps:
+        callbacks.append(ModelCheckpoint(**last, every_n_train_steps=cfg.checkpoint.every_n_train_steps))
     trainer_args = OmegaConf.to_container(cfg.trainer, resolve=True)
     callbacks += fast_path_callbacks(cfg.get("fast_path"), trainer_args)  # may set precision, benchmark
     if trainer_args.get("enable_progress_bar", True):
