@@ -14,12 +14,14 @@ from pathlib import Path
 import hydra
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from alexnet.checkpoints import check_compatible, read_checkpoint, resolve_ckpt_path
 from alexnet.cli import check_run_dir_writable, inherit_run_overrides
 from alexnet.config import build_datamodule, validate
 from alexnet.errors import ConfigError, TrainingError
+from alexnet.faults import EXIT_SIGTERM, check_class_count
 from alexnet.system import AlexNetSystem
 from alexnet.trainer import build_trainer
 
@@ -38,6 +40,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     if ckpt is not None:
         check_compatible(read_checkpoint(ckpt), ckpt, model, num_classes)
         log.info("resuming from %s", ckpt)
+    check_class_count(num_classes, datamodule.num_classes)  # labels out of range, before any batch
 
     system = AlexNetSystem(
         model=model,
@@ -75,6 +78,8 @@ def main(cfg: DictConfig) -> None:
     except (ConfigError, TrainingError) as err:
         log.error("%s", err)
         sys.exit(f"error: {err}")
+    except SIGTERMException:  # last.ckpt is saved (alexnet/faults.py)
+        sys.exit(EXIT_SIGTERM)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from .callbacks import Conv1Kernels, ThroughputProgressBar
 from .checkpoint_io import AtomicCheckpointIO
 from .checkpoints import CHECKPOINT_DIR, LAST
 from .fast_path import configure as fast_path_callbacks
+from .faults import fault_callbacks
 from .parallel import TowerParallelStrategy
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path) -> L.Trainer:
                  LearningRateMonitor(logging_interval="epoch"), Conv1Kernels()]
     if cfg.checkpoint.every_n_train_steps:
         callbacks.append(ModelCheckpoint(**last, every_n_train_steps=cfg.checkpoint.every_n_train_steps))
+    callbacks += fault_callbacks(cfg.nonfinite_loss, run_dir / CHECKPOINT_DIR / LAST)
     trainer_args = OmegaConf.to_container(cfg.trainer, resolve=True)
     callbacks += fast_path_callbacks(cfg.get("fast_path"), trainer_args)  # may set precision, benchmark
     if trainer_args.get("enable_progress_bar", True):

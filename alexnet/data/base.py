@@ -22,6 +22,7 @@ from lightning.fabric.utilities.seed import pl_worker_init_function
 from torch.utils.data import DataLoader, Dataset
 
 from ..errors import ConfigError
+from ..faults import check_labels
 from .augment import IMAGENET_EIGVAL, IMAGENET_EIGVEC, Lighting
 from .presets import (
     IMAGENET_MEAN,
@@ -132,6 +133,12 @@ class AlexNetDataModule(L.LightningDataModule):
         normalised float32 (C, crop, crop), or (10, C, crop, crop) with eval_crops=10."""
         x = load_eval(self.resize_size, self.channels)(image.convert("RGB"))
         return self.eval_batch(x.unsqueeze(0))[0]
+
+    def on_before_batch_transfer(self, batch, dataloader_idx: int):
+        """A label outside 0..num_classes-1 fails here, on the CPU, with a message
+        (on a GPU it would end as a device-side assert in the loss)."""
+        check_labels(batch, self.num_classes)
+        return batch
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         """The batch half of the transforms, on the device (Lightning calls this

@@ -1,0 +1,188 @@
+"""What keeps a long run safe: non-finite losses and weights, SIGTERM, labels out of range.
+
+Lightning notices SIGTERM (its signal connector sets ``trainer.received_sigterm``
+and the loops raise ``SIGTERMException`` at the end of the current batch,
+broadcast from rank zero under DDP); :class:`SaveOnSigterm` turns that into a
+saved ``last.ckpt``. SLURM's requeue signal is Lightning's own
+``SLURMEnvironment(auto_requeue=True)``, selected automatically under ``srun``.
+Lightning has no guard against a NaN loss any more (``terminate_on_nan`` is
+gone), so :class:`NonFiniteGuard` is written here.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+from .checkpoint_io import check_writable
+from .errors import ConfigError, TrainingError
+
+log = logging.getLogger(__name__)
+
+# 128 + SIGTERM, what a shell reports for a process SIGTERM killed: the run was
+# stopped (and saved), not finished, so `train.py && evaluate.py` stops too.
+EXIT_SIGTERM = 143
+NONFINITE_POLICIES = ("stop", "skip")
+
+
+def _any_rank(trainer: L.Trainer, flag: bool, device: torch.device) -> bool:
+    """True on every rank if ``flag`` is true on any rank (one all-reduce when there are several)."""
+    if trainer.world_size == 1:
+        return flag
+    total = trainer.strategy.reduce(torch.tensor([float(flag)], device=device), reduce_op="sum")
+    return bool(total.item() > 0)
+
+
+class NonFiniteGuard(L.Callback):
+    """A NaN or infinite training loss stops the run (``stop``) or skips the batch (``skip``).
+
+    The loss is checked before ``backward`` and the verdict reduced over the
+    ranks, so all ranks stop together, or all drop the same step. ``stop``
+    raises :class:`TrainingError` naming the step, before the optimizer step,
+    so no checkpoint ever holds the result of that step. ``skip`` lets
+    backward run (DDP's gradient all-reduce needs every rank), then drops every
+    gradient, so the optimizer leaves weights and momentum untouched; skipped
+    steps are counted, logged as ``train/skipped_batches`` and kept in the
+    checkpoint.
+
+    Whatever the policy, a checkpoint is never written from non-finite weights
+    (a finite loss can still blow the weights up): :meth:`on_save_checkpoint`
+    refuses, before any file is opened.
+
+    Args:
+        policy: ``stop`` or ``skip``.
+    """
+
+    def __init__(self, policy: str = "stop") -> None:
+        if policy not in NONFINITE_POLICIES:
+            raise ConfigError("nonfinite_loss", f"must be one of {', '.join(NONFINITE_POLICIES)}, got {policy!r}")
+        self.policy = policy
+        self.skipped = 0
+        self._drop_step = False
+
+    def on_before_backward(self, trainer, pl_module, loss: torch.Tensor) -> None:
+        local_bad = not bool(torch.isfinite(loss).all())
+        if not _any_rank(trainer, local_bad, loss.device):
+            return
+        where = f"training step {trainer.global_step} (epoch {trainer.current_epoch})"
+        value = f"{loss.item()}" if local_bad else "finite here but not on another rank"
+        if self.policy == "stop":
+            raise TrainingError(
+                f"the training loss is {value} at {where}: stopped before updating the weights, so every "
+                "checkpoint holds an earlier, finite state. Lower optim.lr (or add trainer.gradient_clip_val), "
+                "or give nonfinite_loss=skip to skip such batches."
+            )
+        self._drop_step = True
+        self.skipped += 1
+        if trainer.is_global_zero:
+            log.warning("skipped the batch of %s: the loss is %s (%d skipped so far)", where, value, self.skipped)
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        if self._drop_step:
+            # SGD (and every torch optimizer) leaves a parameter without a gradient alone.
+            for group in optimizer.param_groups:
+                for p in group["params"]:
+                    p.grad = None
+            self._drop_step = False
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self.policy == "skip":
+            pl_module.log("train/skipped_batches", float(self.skipped), on_step=True, on_epoch=False)
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        # Runs on every rank before anything is written (Trainer.save_checkpoint dumps, then writes).
+        bad = [k for k, v in checkpoint.get("state_dict", {}).items() if v.is_floating_point() and not torch.isfinite(v).all()]
+        if _any_rank(trainer, bool(bad), pl_module.device):
+            names = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "") if bad else "on another rank"
+            raise TrainingError(
+                f"the weights are not finite after training step {trainer.global_step} (epoch {trainer.current_epoch}; "
+                f"{names}): no checkpoint was written, the previous ones are intact. Lower optim.lr "
+                "(or add trainer.gradient_clip_val)."
+            )
+
+    def state_dict(self) -> dict:
+        return {"skipped": self.skipped}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.skipped = state_dict.get("skipped", 0)
+
+
+class SaveOnSigterm(L.Callback):
+    """On SIGTERM during fitting, save ``last.ckpt`` (atomically) and let Lightning stop the run.
+
+    Lightning raises ``SIGTERMException`` on every rank at the same batch, so
+    every rank is here together, as ``Trainer.save_checkpoint`` needs. The
+    sanity check and the final test are not saved: neither has trained anything
+    (and the test stage holds the best weights, not the last).
+    """
+
+    def __init__(self, last: Path) -> None:
+        self.last = Path(last)
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        if not isinstance(exception, SIGTERMException):
+            return
+        if trainer.state.fn != TrainerFn.FITTING or trainer.sanity_checking:
+            return
+        trainer.save_checkpoint(self.last, weights_only=False)
+        if trainer.is_global_zero:
+            print(
+                f"stopped by SIGTERM at training step {trainer.global_step} (epoch {trainer.current_epoch}); "
+                f"saved {self.last}. Continue with: python train.py hydra.run.dir={self.last.parent.parent} ckpt_path=last",
+                file=sys.stderr,
+                flush=True,
+            )
+
+
+class CheckpointsWritable(L.Callback):
+    """The checkpoint folder is checked when fitting starts, not at the first save an epoch later."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = Path(folder)
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if stage == "fit":
+            check_writable(self.folder)  # every rank: they agree on a shared file system
+
+
+def fault_callbacks(nonfinite_loss: str, last: Path) -> list[L.Callback]:
+    """The callbacks of this module for a run whose ``last.ckpt`` is ``last``."""
+    return [NonFiniteGuard(nonfinite_loss), SaveOnSigterm(last), CheckpointsWritable(Path(last).parent)]
+
+
+def check_class_count(num_classes: int, data_classes: int) -> None:
+    """A network with fewer outputs than the data has classes would see labels out of range."""
+    if num_classes < data_classes:
+        raise ConfigError(
+            "model.num_classes",
+            f"is {num_classes}, but the data has {data_classes} classes (labels 0-{data_classes - 1}); "
+            "leave it null to take the data's class count",
+        )
+
+
+def check_labels(batch, num_classes: int) -> None:
+    """Labels of a CPU batch outside ``0..num_classes-1`` fail here, named, before they reach the device.
+
+    With :func:`check_class_count` at start, every label that passes has an
+    output of the network; on a GPU a bad one would end as a device-side assert
+    in the loss. Batches already on the device (in-memory datasets on the GPU)
+    are not checked: their labels were made in range by their DataModule.
+    """
+    if not isinstance(batch, (tuple, list)) or len(batch) < 2:
+        return
+    y = batch[1]
+    if not isinstance(y, torch.Tensor) or y.device.type != "cpu" or y.is_floating_point() or y.numel() == 0:
+        return
+    bad = y[(y < 0) | (y >= num_classes)]
+    if len(bad):
+        shown = ", ".join(str(v) for v in bad.unique()[:5].tolist())
+        raise TrainingError(
+            f"a batch has labels outside 0-{num_classes - 1} ({shown}), but the data has {num_classes} classes: "
+            "the dataset's labels are wrong"
+        )
