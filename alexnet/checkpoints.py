@@ -18,8 +18,10 @@ def resolve_ckpt_path(ckpt_path: str | None, run_dir: Path) -> Path | None:
         return None
     if ckpt_path in ("last", "auto"):
         last = run_dir / CHECKPOINT_DIR / LAST
-        if last.is_file():
-            return last
+        # Lightning's SLURM requeue signal saves RUN/hpc_ckpt_N.ckpt: the newest of those and last.ckpt wins.
+        found = [p for p in (last, *run_dir.glob("hpc_ckpt_*.ckpt")) if p.is_file()]
+        if found:
+            return max(found, key=lambda p: p.stat().st_mtime)
         if ckpt_path == "auto":
             return None
         raise ConfigError(

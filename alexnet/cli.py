@@ -43,10 +43,24 @@ def inherit_run_overrides(argv: list[str]) -> list[str]:
     if not saved.is_file():
         return argv
     given = {_key(a) for a in args if "=" in a}
-    inherited = [o for o in yaml.safe_load(saved.read_text()) or [] if _key(o) not in given]
+    inherited = [o for o in _read_overrides(saved) if _key(o) not in given]
     if inherited:
         print(f"resuming {run_dir} with its original overrides: {' '.join(inherited)}", file=sys.stderr)
     return argv[:1] + inherited + args
+
+
+def _read_overrides(saved: Path) -> list[str]:
+    """RUN/.hydra/overrides.yaml as Hydra wrote it (a list of ``key=value``); a damaged file is named."""
+    try:
+        overrides = yaml.safe_load(saved.read_text()) or []
+    except (OSError, yaml.YAMLError) as err:
+        overrides = err
+    if not isinstance(overrides, list) or not all(isinstance(o, str) for o in overrides):
+        sys.exit(
+            f"error: {saved} is not the list of overrides Hydra writes ({(str(overrides).splitlines() or [''])[0][:100]}); "
+            "repair or delete it and give the run's overrides on the command line"
+        )
+    return overrides
 
 
 def check_run_dir_writable(argv: list[str]) -> None:
