@@ -1,10 +1,10 @@
 """What keeps a long run safe: non-finite losses and weights, SIGTERM, labels out of range.
 
-Lightning notices SIGTERM (its signal connector sets ``trainer.received_sigterm``
-and the loops raise ``SIGTERMException`` at the end of the current batch,
-broadcast from rank zero under DDP); :class:`SaveOnSigterm` turns that into a
-saved ``last.ckpt``. SLURM's requeue signal is Lightning's own
-``SLURMEnvironment(auto_requeue=True)``, selected automatically under ``srun``.
+SIGTERM and SLURM's requeue signal go through Lightning's signal connector
+(``SLURMEnvironment(auto_requeue=True)`` is selected under ``srun``), with one
+change, :class:`SignalsAtBatchEnd`: what Lightning does inside the signal
+handler is deferred to the end of a training batch, where all ranks act
+together. :class:`SaveOnSigterm` turns the stop into a saved ``last.ckpt``.
 Lightning has no guard against a NaN loss any more (``terminate_on_nan`` is
 gone), so :class:`NonFiniteGuard` is written here.
 """
@@ -12,11 +12,13 @@ gone), so :class:`NonFiniteGuard` is written here.
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.fabric.utilities.rank_zero import rank_prefixed_message
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
@@ -113,13 +115,71 @@ class NonFiniteGuard(L.Callback):
         self.skipped = state_dict.get("skipped", 0)
 
 
+class SignalsAtBatchEnd(L.Callback):
+    """SIGTERM and SLURM's requeue signal, acted on by all ranks together at a training batch end.
+
+    Lightning 2.6 acts inside the signal handler: on SIGTERM it broadcasts from
+    rank zero, on the requeue signal it saves a checkpoint (collectives too),
+    at whatever point the signal interrupted each rank. Under DDP that
+    collective can meet another rank's gradient all-reduce, and the job hangs
+    (seen: two CPU processes hung for good after one SIGTERM). Here the
+    handlers Lightning registers only note the signal (rank zero still forwards
+    SIGTERM to the processes it launched, as Lightning does); at the end of
+    every training batch, and when training ends, the notes are summed over the
+    ranks, and then every rank runs Lightning's requeue handler (hpc checkpoint,
+    ``scontrol requeue``) or stops with ``SIGTERMException`` together.
+    """
+
+    def __init__(self) -> None:
+        self.sigterm = self.requeue = False
+        self._lightning_requeue = None
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        # Lightning registers these attributes as handlers after the setup hooks (Trainer._run).
+        connector = getattr(trainer, "_signal_connector", None)
+        if connector is None or not hasattr(connector, "_slurm_sigusr_handler_fn"):
+            return  # another Lightning: keep its own handling
+        self.trainer = trainer
+        self._lightning_requeue = type(connector)._slurm_sigusr_handler_fn.__get__(connector)
+        connector._sigterm_notifier_fn = self._note_sigterm
+        connector._slurm_sigusr_handler_fn = self._note_requeue
+
+    def _note_sigterm(self, signum, frame) -> None:
+        log.info(rank_prefixed_message("received SIGTERM: stopping after this batch", self.trainer.global_rank))
+        launcher = self.trainer.strategy.launcher
+        if not self.sigterm and launcher is not None:
+            launcher.kill(signum)  # the DDP processes this one started
+        self.sigterm = True
+
+    def _note_requeue(self, signum, frame) -> None:
+        self.requeue = True
+
+    def _act(self, trainer, pl_module) -> None:
+        notes = torch.tensor([float(self.sigterm), float(self.requeue)], device=pl_module.device)
+        if trainer.world_size > 1:
+            notes = trainer.strategy.reduce(notes, reduce_op="sum")
+        sigterm, requeue = (notes > 0).tolist()
+        if requeue and self._lightning_requeue is not None:
+            self.requeue = False
+            self._lightning_requeue(signal.SIGUSR1, None)
+        if sigterm:
+            self.sigterm = False
+            raise SIGTERMException()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self._act(trainer, pl_module)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self._act(trainer, pl_module)  # a SIGTERM during the last validation: save, and skip the test
+
+
 class SaveOnSigterm(L.Callback):
     """On SIGTERM during fitting, save ``last.ckpt`` (atomically) and let Lightning stop the run.
 
-    Lightning raises ``SIGTERMException`` on every rank at the same batch, so
-    every rank is here together, as ``Trainer.save_checkpoint`` needs. The
-    sanity check and the final test are not saved: neither has trained anything
-    (and the test stage holds the best weights, not the last).
+    :class:`SignalsAtBatchEnd` raises ``SIGTERMException`` on every rank at the
+    same batch, so every rank is here together, as ``Trainer.save_checkpoint``
+    needs. The sanity check and the final test are not saved: neither has
+    trained anything (and the test stage holds the best weights, not the last).
     """
 
     def __init__(self, last: Path) -> None:
@@ -153,7 +213,7 @@ class CheckpointsWritable(L.Callback):
 
 def fault_callbacks(nonfinite_loss: str, last: Path) -> list[L.Callback]:
     """The callbacks of this module for a run whose ``last.ckpt`` is ``last``."""
-    return [NonFiniteGuard(nonfinite_loss), SaveOnSigterm(last), CheckpointsWritable(Path(last).parent)]
+    return [NonFiniteGuard(nonfinite_loss), SignalsAtBatchEnd(), SaveOnSigterm(last), CheckpointsWritable(Path(last).parent)]
 
 
 def check_class_count(num_classes: int, data_classes: int) -> None:
