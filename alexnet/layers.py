@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.modules.utils import _pair
 
 from .fast_lrn import IMPLS, local_response_norm
 
@@ -95,17 +96,22 @@ class _MaxPoolKeepingIndices(torch.autograd.Function):
     def forward(ctx, x, kernel_size, stride):
         y, indices = F.max_pool2d(x, kernel_size, stride, return_indices=True)
         ctx.save_for_backward(indices)
-        ctx.input_shape = x.shape
+        ctx.kernel_size, ctx.stride = kernel_size, stride
+        ctx.input_layout = (x.shape, x.stride(), x.dtype, x.device)
         return y
 
     @staticmethod
     def backward(ctx, g):
         (indices,) = ctx.saved_tensors
-        b, c, h, w = ctx.input_shape
-        # Each output's gradient goes to its window's maximum; overlapping
-        # windows can share a maximum, hence the add.
-        dx = g.new_zeros(b, c, h * w).scatter_add_(2, indices.flatten(2), g.flatten(2))
-        return dx.view(b, c, h, w), None, None
+        shape, strides, dtype, device = ctx.input_layout
+        # PyTorch's own max-pool backward (same numbers, same determinism) reads
+        # only the input's shape and layout: an uninitialised stand-in of that
+        # layout, made now and never written, serves.
+        stand_in = torch.empty_strided(shape, strides, dtype=dtype, device=device)
+        dx = torch.ops.aten.max_pool2d_with_indices_backward(
+            g, stand_in, _pair(ctx.kernel_size), _pair(ctx.stride), [0, 0], [1, 1], False, indices
+        )
+        return dx, None, None
 
 
 class LeanMaxPool2d(nn.MaxPool2d):
