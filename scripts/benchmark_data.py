@@ -101,53 +101,7 @@ def main(argv=None) -> int:
     p.add_argument("--json", type=Path, help="also write the figures here")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-
-    with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
-        make_jpegs(root, args.images)
-        common = dict(root=str(root), batch_size=args.batch_size, num_workers=0, normalize="paper")
-        per_image = FolderDataModule(**common, batch_augment=False)
-        batched = FolderDataModule(**common, batch_augment=True)
-        per_image.setup()
-        batched.setup()
-        samples = list_samples(root / "train", per_image.classes)
-        rrc = ImageFiles(samples, torchvision_preset())
-        augment = batched.train_batch.to(args.device)
-
-        rows = {"paper, per image": [], "paper, batched": [], "  of which the worker part": [],
-                "torchvision RandomResizedCrop": []}
-        for _ in range(args.repeats):
-            n = len(samples)
-            load, _ = time_loader(per_image.train_set, args.batch_size)
-            rows["paper, per image"].append(n / load)
-            load, dev = time_loader(batched.train_set, args.batch_size, augment, args.device)
-            rows["paper, batched"].append(n / (load + dev))
-            rows["  of which the worker part"].append(n / load)  # what a worker sustains when a GPU does the rest
-            load, _ = time_loader(rrc, args.batch_size)
-            rows["torchvision RandomResizedCrop"].append(n / load)
-
-        # In-memory 32x32 data (CIFAR, shapes): only the batched augmentation runs.
-        small = torch.randint(0, 256, (10_000, 3, 32, 32), dtype=torch.uint8, device=args.device)
-        cifar = BatchTrainAugment(32, 4, True, Lighting(0.1), Normalization("imagenet")).to(args.device)
-        rates = []
-        for _ in range(args.repeats):
-            t = time.perf_counter()
-            for batch in small.split(128):
-                cifar(batch)
-            if args.device == "cuda":
-                torch.cuda.synchronize()
-            rates.append(len(small) / (time.perf_counter() - t))
-        rows["in-memory 32x32, batched (CIFAR)"] = rates
-        # The built-in shapes data is generated, not read: how fast, at 32x32.
-        generate_shapes(100, 32)  # warm-up
-        rates = []
-        for _ in range(args.repeats):
-            t = time.perf_counter()
-            generate_shapes(4000, 32)
-            rates.append(4000 / (time.perf_counter() - t))
-        rows["shapes generated, 32x32"] = rates
-
-    results = {name: summary(r) for name, r in rows.items()}
+    results = {name: summary(r) for name, r in measure(args.images, args.repeats, args.batch_size, args.device).items()}
     print(f"training pipeline, {args.images} JPEGs of shorter side 256 -> 224x224, batch {args.batch_size}, "
           f"torch threads {args.threads}, device {args.device}, {args.repeats} repeats")
     print(f"{'pipeline':36s} {'images/s per worker':>20s}  (min - max)")
@@ -156,6 +110,56 @@ def main(argv=None) -> int:
     if args.json:
         args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "results": results}, indent=2))
     return 0
+
+
+def measure(images: int, repeats: int, batch_size: int, device: str) -> dict[str, list[float]]:
+    """Images per second of every pipeline, one list of ``repeats`` figures each
+    (also run by scripts/benchmark.py)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        make_jpegs(root, images)
+        common = dict(root=str(root), batch_size=batch_size, num_workers=0, normalize="paper")
+        per_image = FolderDataModule(**common, batch_augment=False)
+        batched = FolderDataModule(**common, batch_augment=True)
+        per_image.setup()
+        batched.setup()
+        samples = list_samples(root / "train", per_image.classes)
+        rrc = ImageFiles(samples, torchvision_preset())
+        augment = batched.train_batch.to(device)
+
+        rows = {"paper, per image": [], "paper, batched": [], "  of which the worker part": [],
+                "torchvision RandomResizedCrop": []}
+        for _ in range(repeats):
+            n = len(samples)
+            load, _ = time_loader(per_image.train_set, batch_size)
+            rows["paper, per image"].append(n / load)
+            load, dev = time_loader(batched.train_set, batch_size, augment, device)
+            rows["paper, batched"].append(n / (load + dev))
+            rows["  of which the worker part"].append(n / load)  # what a worker sustains when a GPU does the rest
+            load, _ = time_loader(rrc, batch_size)
+            rows["torchvision RandomResizedCrop"].append(n / load)
+
+        # In-memory 32x32 data (CIFAR, shapes): only the batched augmentation runs.
+        small = torch.randint(0, 256, (10_000, 3, 32, 32), dtype=torch.uint8, device=device)
+        cifar = BatchTrainAugment(32, 4, True, Lighting(0.1), Normalization("imagenet")).to(device)
+        rates = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            for batch in small.split(128):
+                cifar(batch)
+            if device == "cuda":
+                torch.cuda.synchronize()
+            rates.append(len(small) / (time.perf_counter() - t))
+        rows["in-memory 32x32, batched (CIFAR)"] = rates
+        # The built-in shapes data is generated, not read: how fast, at 32x32.
+        generate_shapes(100, 32)  # warm-up
+        rates = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            generate_shapes(4000, 32)
+            rates.append(4000 / (time.perf_counter() - t))
+        rows["shapes generated, 32x32"] = rates
+    return rows
 
 
 if __name__ == "__main__":
