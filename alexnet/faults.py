@@ -73,7 +73,7 @@ class NonFiniteGuard(L.Callback):
         if not _any_rank(trainer, local_bad, loss.device):
             return
         where = f"training step {trainer.global_step} (epoch {trainer.current_epoch})"
-        value = f"{loss.item()}" if local_bad else "finite here but not on another rank"
+        value = f"{loss.item()}" if local_bad else "not finite on another rank"
         if self.policy == "stop":
             raise TrainingError(
                 f"the training loss is {value} at {where}: stopped before updating the weights, so every "
