@@ -185,28 +185,29 @@ def loop_rows(args) -> tuple[list[Row], dict]:
     optim = {"lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4, "schedule": "constant", "warmup_epochs": 0}
     model = {"name": "cifar"}
 
+    # Each loop's rate is the batch over its median step (from one step's end to
+    # the next: fetching the batch, forward, backward, update, hooks), which a
+    # passing burst of other work on the machine does not move.
     def plain() -> float:
         torch.manual_seed(0)
         net = create("cifar", 10)
         opt = torch.optim.SGD(net.parameters(), lr=optim["lr"], momentum=optim["momentum"], weight_decay=optim["weight_decay"])
         net.train()
-        for i, (x, y) in enumerate(DataLoader(data, batch_size=batch)):
-            if i == args.warmup:
-                start = time.perf_counter()
+        ends = []
+        for x, y in DataLoader(data, batch_size=batch):
             loss = F.cross_entropy(net(x), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-        return steps * batch / (time.perf_counter() - start)
+            ends.append(time.perf_counter())
+        return batch / statistics.median(b - a for a, b in zip(ends[args.warmup - 1 :], ends[args.warmup :]))
 
     class Clock(L.Callback):
-        def on_train_batch_start(self, trainer, pl_module, batch_, batch_idx):
-            if batch_idx == args.warmup:
-                self.start = time.perf_counter()
+        def __init__(self):
+            self.ends = []
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch_, batch_idx):
-            if batch_idx >= args.warmup:
-                self.rate = (batch_idx + 1 - args.warmup) * batch / (time.perf_counter() - self.start)
+            self.ends.append(time.perf_counter())
 
     def lightning() -> float:
         logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
@@ -219,7 +220,8 @@ def loop_rows(args) -> tuple[list[Row], dict]:
         with warnings.catch_warnings():  # no validation data, no workers: as intended here
             warnings.simplefilter("ignore")
             trainer.fit(system, train_dataloaders=DataLoader(data, batch_size=batch))
-        return clock.rate
+        ends = clock.ends
+        return batch / statistics.median(b - a for a, b in zip(ends[args.warmup - 1 :], ends[args.warmup :]))
 
     rates = {"plain PyTorch loop, cifar": [], "Lightning loop, cifar": []}
     for _ in range(args.repeats):
@@ -290,6 +292,8 @@ def parse(argv):
     p.add_argument("--quick", action="store_true", help="the smallest settings: seconds, for tests")
     p.add_argument("--out", type=Path, default=Path("benchmark.json"), help="the JSON file (default benchmark.json)")
     args = p.parse_args(argv)
+    if args.warmup < 1:
+        p.error("--warmup must be at least 1 (a step is timed from the end of the one before)")
     if args.quick:
         args.batch_size, args.steps, args.repeats, args.warmup = 2, 1, 1, 1
         args.loop_batch_size, args.loop_steps, args.data_images = 8, 2, 4
