@@ -55,10 +55,10 @@ from alexnet.fast_lrn import native_available  # noqa: E402
 from alexnet.models import create  # noqa: E402
 
 # name: (variant, options, input size, classes)
-TRAIN = {
+TRAIN = {  # in the order they take turns: the fast LRN next to no LRN
     "paper_grouped, fast LRN": ("paper_grouped", {"lrn_impl": "auto"}, 224, 1000),
-    "paper_grouped, PyTorch LRN": ("paper_grouped", {"lrn_impl": "torch"}, 224, 1000),
     "paper_grouped, no LRN": ("paper_grouped", {"lrn": False}, 224, 1000),
+    "paper_grouped, PyTorch LRN": ("paper_grouped", {"lrn_impl": "torch"}, 224, 1000),
     "torchvision": ("torchvision", {}, 224, 1000),
     "cifar": ("cifar", {}, 32, 10),
 }
@@ -115,13 +115,13 @@ class Stepper:
         loss.backward()
         self.opt.step()
 
-    def rate(self, steps: int) -> float:
+    def seconds(self) -> float:
+        """The time of one training step."""
         sync(self.device)
         start = time.perf_counter()
-        for _ in range(steps):
-            self.step()
+        self.step()
         sync(self.device)
-        return steps * len(self.y) / (time.perf_counter() - start)
+        return time.perf_counter() - start
 
 
 def saved_mib_per_image(variant, options, size, classes, batch=2) -> float:
@@ -144,16 +144,23 @@ def saved_mib_per_image(variant, options, size, classes, batch=2) -> float:
 def train_rows(args, device: torch.device, fast_path: bool, section: str) -> tuple[list[Row], dict]:
     steppers = {name: Stepper(*spec, args.batch_size, device, fast_path) for name, spec in TRAIN.items()}
     for s in steppers.values():  # warm-up: allocator, cuDNN autotuning, the native library's first build
-        s.rate(args.warmup)
+        for _ in range(args.warmup):
+            s.step()
     rates: dict[str, list[float]] = {name: [] for name in steppers}
     peaks: dict[str, list[float]] = {name: [] for name in steppers}
     for _ in range(args.repeats):
-        for name, s in steppers.items():
-            if device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(device)
-            rates[name].append(s.rate(args.steps))
-            if device.type == "cuda":
-                peaks[name].append(torch.cuda.max_memory_allocated(device) / 2**30)
+        # Step by step in turn, so that every contender meets the same moments
+        # of a shared machine; a repeat's rate is over its steps.
+        seconds = dict.fromkeys(steppers, 0.0)
+        for _ in range(args.steps):
+            for name, s in steppers.items():
+                if device.type == "cuda":
+                    torch.cuda.reset_peak_memory_stats(device)
+                seconds[name] += s.seconds()
+                if device.type == "cuda":
+                    peaks[name].append(torch.cuda.max_memory_allocated(device) / 2**30)
+        for name in steppers:
+            rates[name].append(args.steps * args.batch_size / seconds[name])
     rows = [Row(section, f"{name}", "images/s", r) for name, r in rates.items()]
     if device.type == "cuda":
         rows += [Row(section, f"{name}, peak memory", "GiB", p) for name, p in peaks.items()]
@@ -185,48 +192,52 @@ def loop_rows(args) -> tuple[list[Row], dict]:
     optim = {"lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4, "schedule": "constant", "warmup_epochs": 0}
     model = {"name": "cifar"}
 
-    # Each loop's rate is the batch over its median step (from one step's end to
-    # the next: fetching the batch, forward, backward, update, hooks), which a
-    # passing burst of other work on the machine does not move.
-    def plain() -> float:
-        torch.manual_seed(0)
-        net = create("cifar", 10)
-        opt = torch.optim.SGD(net.parameters(), lr=optim["lr"], momentum=optim["momentum"], weight_decay=optim["weight_decay"])
-        net.train()
-        ends = []
-        for x, y in DataLoader(data, batch_size=batch):
-            loss = F.cross_entropy(net(x), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            ends.append(time.perf_counter())
-        return batch / statistics.median(b - a for a, b in zip(ends[args.warmup - 1 :], ends[args.warmup :]))
-
-    class Clock(L.Callback):
+    # The two loops take turns step by step, so that both meet the same moments
+    # of a shared machine (two cores: one busy core halves a parallel step):
+    # after each Lightning step a callback runs one step of the plain loop.
+    # Lightning's step is the time from the end of that plain step to the end
+    # of its next step (fetching the batch, hooks, forward, backward, update,
+    # logging); each loop's rate is the batch over its median step.
+    class PlainLoopInTurn(L.Callback):
         def __init__(self):
-            self.ends = []
+            torch.manual_seed(0)
+            self.net = create("cifar", 10)
+            self.opt = torch.optim.SGD(self.net.parameters(), lr=optim["lr"], momentum=optim["momentum"],
+                                       weight_decay=optim["weight_decay"])
+            self.batches = iter(DataLoader(data, batch_size=batch))
+            self.plain, self.lightning, self.resumed = [], [], None
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch_, batch_idx):
-            self.ends.append(time.perf_counter())
+            start = time.perf_counter()
+            if self.resumed is not None and batch_idx >= args.warmup:
+                self.lightning.append(start - self.resumed)
+            x, y = next(self.batches)  # the plain loop: fetch, forward, backward, update
+            loss = F.cross_entropy(self.net(x), y)
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self.opt.step()
+            self.resumed = time.perf_counter()
+            if batch_idx >= args.warmup:
+                self.plain.append(self.resumed - start)
 
-    def lightning() -> float:
+    def both() -> tuple[float, float]:
         logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
         torch.manual_seed(0)
         system = AlexNetSystem(model=model, optim=optim, num_classes=10)
-        clock = Clock()
+        turns = PlainLoopInTurn()
         trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=1, logger=False, enable_checkpointing=False,
                             enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-                            limit_val_batches=0, callbacks=[clock])
+                            limit_val_batches=0, callbacks=[turns])
         with warnings.catch_warnings():  # no validation data, no workers: as intended here
             warnings.simplefilter("ignore")
             trainer.fit(system, train_dataloaders=DataLoader(data, batch_size=batch))
-        ends = clock.ends
-        return batch / statistics.median(b - a for a, b in zip(ends[args.warmup - 1 :], ends[args.warmup :]))
+        return batch / statistics.median(turns.plain), batch / statistics.median(turns.lightning)
 
     rates = {"plain PyTorch loop, cifar": [], "Lightning loop, cifar": []}
     for _ in range(args.repeats):
-        rates["plain PyTorch loop, cifar"].append(plain())
-        rates["Lightning loop, cifar"].append(lightning())
+        plain, lightning = both()
+        rates["plain PyTorch loop, cifar"].append(plain)
+        rates["Lightning loop, cifar"].append(lightning)
     rows = [Row("loop", name, "images/s", r) for name, r in rates.items()]
     ratio = [a / b for a, b in zip(rates["Lightning loop, cifar"], rates["plain PyTorch loop, cifar"])]
     return rows, {"loop: Lightning / plain": ratio}
