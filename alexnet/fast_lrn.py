@@ -244,8 +244,9 @@ class FusedLRN(torch.autograd.Function):
         ctx.args = (groups, size, alpha, beta, k)
         forward = _on_cuda(_fused_forward) if x.is_cuda else _fused_forward
         b, c, h, w = x.shape
-        # (B, G*C, H, W) -> (B, G, C, H, W) is a view in any memory layout.
-        return forward(x.view(b, groups, c // groups, h, w), size, alpha, beta, k).view(b, c, h, w)
+        # (B, G*C, H, W) -> (B, G, C, H, W) is a view in NCHW and NHWC alike; the way
+        # back is too, unless a compiled kernel chose another layout (then a copy).
+        return forward(x.reshape(b, groups, c // groups, h, w), size, alpha, beta, k).reshape(b, c, h, w)
 
     @staticmethod
     def backward(ctx, g):
@@ -254,8 +255,8 @@ class FusedLRN(torch.autograd.Function):
         backward = _on_cuda(_fused_backward) if x.is_cuda else _fused_backward
         b, c, h, w = x.shape
         shape = (b, groups, c // groups, h, w)
-        dx = backward(x.view(shape), g.reshape(shape), size, alpha, beta, k)
-        return dx.view(b, c, h, w), None, None, None, None, None
+        dx = backward(x.reshape(shape), g.reshape(shape), size, alpha, beta, k)
+        return dx.reshape(b, c, h, w), None, None, None, None, None
 
 
 # ---------------------------------------------------------------- choosing one
