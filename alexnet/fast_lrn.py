@@ -4,7 +4,7 @@ PyTorch's ``F.local_response_norm`` is the reference (``impl="torch"``). It is
 a chain of small ops (square, pad, avg_pool3d, mul, add, pow, div) that keeps
 four input-sized tensors for the backward pass and reads and writes the
 activations about ten times; in the paper's network, which is otherwise
-cheap, that halves training speed on a CPU. The other implementations compute
+cheap, that costs 40% of the training speed on a CPU. The others compute
 the same function in one autograd node that keeps only its input ``x`` and
 recomputes the normaliser ``s`` in the backward pass:
 

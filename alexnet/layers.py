@@ -1,4 +1,5 @@
-"""Layers the paper uses that PyTorch does not provide in the paper's form.
+"""Layers the paper uses that PyTorch does not provide in the paper's form,
+and the max-pool that follows an LRN, keeping less for the backward pass.
 
 Plain PyTorch: no Lightning or Hydra here.
 """
