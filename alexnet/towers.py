@@ -173,7 +173,7 @@ class Tower(nn.Module):
             return bn
         if isinstance(m, LocalResponseNorm):
             # Section 3.3 on two GPUs: each normalises its own channels.
-            return LocalResponseNorm(m.size, m.alpha, m.beta, m.k, 1, m.convention)
+            return LocalResponseNorm(m.size, m.alpha, m.beta, m.k, 1, m.convention, m.impl)
         if isinstance(m, nn.Dropout):
             return TowerDropout(m.p, t, n)
         return copy.deepcopy(m)

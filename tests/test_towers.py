@@ -134,7 +134,7 @@ def test_the_towers_exchange_only_conv3_fc6_fc7_fc8_inputs_and_the_logits():
     # forward activations and backward gradients of each tower's half, per image
     meeting_points = 128 * 13 * 13 + 128 * 6 * 6 + 2048 + 2048  # conv3, fc6, fc7, fc8 inputs
     per_image = 2 * meeting_points * float32 + 500 * float32  # + its half of the logits
-    assert [queue.get(), queue.get()] == [2 * per_image] * 2  # 244.7 KiB per image
+    assert [queue.get(), queue.get()] == [2 * per_image] * 2  # 238.9 KiB per image
 
 
 def test_the_benchmark_prints_throughput_and_bytes_exchanged(tmp_path):
