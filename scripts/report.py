@@ -11,7 +11,8 @@ mean and spread of top-1 and top-5 error per setting, the change each makes
 against the baseline in percentage points, and the paper's claim) and
 ``curves.png`` (validation top-1 error and training loss, mean over seeds).
 A run's error is its final test result (``test/*``, the best checkpoint),
-or its last validation error when it has no test. Both go to ``--out``, by
+or its last validation error when no run of the sweep has a test (a run
+without a test among runs with one is unfinished, and is left out). Both go to ``--out``, by
 default the first folder given.
 """
 
@@ -172,6 +173,12 @@ def main(argv=None) -> int:
         (runs.append(run) if run else skipped.append(folder))
     for folder in skipped:
         print(f"warning: {folder} logged no top-1/top-5 errors (did it crash?); left out", file=sys.stderr)
+    if any(r.source == "test" for r in runs):
+        # Where runs end with a test, one without it has not finished (or was stopped):
+        # its last validation error is not comparable.
+        for run in [r for r in runs if r.source != "test"]:
+            print(f"warning: {run.folder} has no final test result (unfinished?); left out", file=sys.stderr)
+        runs = [r for r in runs if r.source == "test"]
     if not runs:
         raise SystemExit("error: none of the runs logged top-1/top-5 errors")
     out = args.out or args.folders[0]

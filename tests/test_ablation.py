@@ -128,6 +128,16 @@ def test_the_report_falls_back_to_validation_and_names_crashed_runs(tmp_path):
     assert "`val/*`" in (sweep / "report.md").read_text()
 
 
+def test_the_report_leaves_out_an_unfinished_run(tmp_path):
+    sweep = tmp_path / "sweep"
+    fake_run(sweep, "baseline", 0, 0.30, 0.10)
+    unfinished = fake_run(sweep, "baseline", 1, 0.60, 0.30, test=False)  # stopped mid-training
+    result = run_cli("scripts/report.py", str(sweep))
+    assert result.returncode == 0, result.stderr
+    assert str(unfinished) in result.stderr and "unfinished" in result.stderr
+    assert "| baseline | 1 (0) | 30.00 |" in (sweep / "report.md").read_text()
+
+
 def test_the_report_names_a_folder_without_runs(tmp_path):
     result = run_cli("scripts/report.py", str(tmp_path))
     assert result.returncode != 0 and str(tmp_path) in result.stderr and "no run folders" in result.stderr
