@@ -28,6 +28,7 @@ import yaml
 from conftest import REPO, TINY, compose_config
 from data_fixtures import image_tree
 
+import alexnet.trainer
 import train as train_script
 from alexnet.checkpoint_io import PARTIAL_SUFFIX, atomic_torch_save
 from alexnet.errors import TrainingError
@@ -65,6 +66,18 @@ def finish(proc: subprocess.Popen, log_dir: Path, timeout: float = 240) -> Resul
     finally:
         with_group(proc, signal.SIGKILL)  # whatever is left of it: a hung run, a DDP rank
     return Result(proc.returncode, (log_dir / "stdout.txt").read_text(), (log_dir / "stderr.txt").read_text())
+
+
+def add_callback(monkeypatch, callback, first: bool = False) -> None:
+    """Make train.py's trainer carry one more callback (first: before the project's own)."""
+    build = alexnet.trainer.build_trainer
+
+    def build_with_callback(cfg, run_dir):
+        trainer = build(cfg, run_dir)
+        trainer.callbacks.insert(0 if first else len(trainer.callbacks), callback)
+        return trainer
+
+    monkeypatch.setattr(train_script, "build_trainer", build_with_callback)
 
 
 def with_group(proc: subprocess.Popen, sig: int) -> None:
@@ -385,8 +398,6 @@ def test_a_checkpoint_gets_the_file_mode_of_an_ordinary_file(tmp_path):
 def test_after_kill_9_resume_starts_from_the_checkpoints_epoch_step_lr_and_optimizer_state(matrix, tmp_path, monkeypatch):
     import lightning as L
 
-    import alexnet.trainer
-
     run = tmp_path / "run"
     killed = "kill -9, then ckpt_path=last resumes"
     if killed in matrix:  # the matrix killed a run already: start from a copy of what it left
@@ -407,14 +418,7 @@ def test_after_kill_9_resume_starts_from_the_checkpoints_epoch_step_lr_and_optim
                         weights={k: v.clone() for k, v in pl_module.state_dict().items()})
             raise Recorded  # enough: Lightning tears the run down and re-raises it
 
-    build = alexnet.trainer.build_trainer
-
-    def with_record(cfg, run_dir):
-        trainer = build(cfg, run_dir)
-        trainer.callbacks.append(Record())
-        return trainer
-
-    monkeypatch.setattr(train_script, "build_trainer", with_record)
+    add_callback(monkeypatch, Record())
     cfg = compose_config(*TINY, "trainer.max_epochs=2", "checkpoint.every_n_train_steps=1", "test_after_fit=false", "ckpt_path=last")
     with pytest.raises(Recorded):
         train_script.train(cfg, run)
@@ -429,22 +433,13 @@ def test_after_kill_9_resume_starts_from_the_checkpoints_epoch_step_lr_and_optim
 def test_weights_that_turn_non_finite_are_never_saved(tmp_path, monkeypatch):
     import lightning as L
 
-    import alexnet.trainer
-
     class Poison(L.Callback):  # what a finite loss with a huge gradient can do to a weight
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             if trainer.global_step == 3:
                 with torch.no_grad():
                     pl_module.net.conv1.weight[0, 0, 0, 0] = float("inf")
 
-    build = alexnet.trainer.build_trainer
-
-    def with_poison(cfg, run_dir):
-        trainer = build(cfg, run_dir)
-        trainer.callbacks.insert(0, Poison())
-        return trainer
-
-    monkeypatch.setattr(train_script, "build_trainer", with_poison)
+    add_callback(monkeypatch, Poison(), first=True)
     cfg = compose_config(*TINY, "checkpoint.every_n_train_steps=1", "test_after_fit=false")
     with pytest.raises(TrainingError, match=r"the weights are not finite after training step 3 \(epoch 0; net\.\S+\.weight\)"):
         train_script.train(cfg, tmp_path)
@@ -465,7 +460,6 @@ def test_under_slurm_the_requeue_signal_saves_an_hpc_checkpoint_and_auto_resumes
     import lightning as L
     from lightning.fabric.plugins.environments import SLURMEnvironment
 
-    import alexnet.trainer
     from alexnet.checkpoint_io import AtomicCheckpointIO
     from alexnet.checkpoints import resolve_ckpt_path
 
@@ -481,14 +475,7 @@ def test_under_slurm_the_requeue_signal_saves_an_hpc_checkpoint_and_auto_resumes
             if trainer.global_step == 2:
                 os.kill(os.getpid(), signal.SIGUSR1)
 
-    build = alexnet.trainer.build_trainer
-
-    def with_requeue(cfg, run_dir):
-        trainer = build(cfg, run_dir)
-        trainer.callbacks.append(Requeue())
-        return trainer
-
-    monkeypatch.setattr(train_script, "build_trainer", with_requeue)
+    add_callback(monkeypatch, Requeue())
     train_script.train(compose_config(*TINY, "test_after_fit=false"), tmp_path)
     assert isinstance(seen["environment"], SLURMEnvironment) and seen["environment"].auto_requeue
     assert isinstance(seen["io"], AtomicCheckpointIO)
