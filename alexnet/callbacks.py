@@ -55,7 +55,8 @@ class ThroughputProgressBar(RichProgressBar):
         now = time.perf_counter()
         if self._last is not None:
             # model parallelism: the towers of one copy share its images
-            images = len(batch[1]) * getattr(trainer.strategy, "data_parallel_size", trainer.world_size)
+            replicas = (getattr(trainer.strategy, "distributed_sampler_kwargs", None) or {}).get("num_replicas", 1)
+            images = len(batch[1]) * replicas
             rate = images / max(now - self._last, 1e-9)
             self._rate = rate if self._rate is None else self.smoothing * self._rate + (1 - self.smoothing) * rate
         self._last = now

@@ -20,7 +20,6 @@ halves itself instead.
 from __future__ import annotations
 
 import logging
-from contextlib import nullcontext
 from typing import Any, Mapping
 
 import torch
@@ -29,9 +28,8 @@ from lightning.pytorch.core.optimizer import LightningOptimizer
 from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.trainer.states import TrainerFn
 from torch.distributed.device_mesh import init_device_mesh
-from torch.nn.parallel import DistributedDataParallel
 
-from .towers import TOWERS, Tower, split_towers
+from .towers import TOWERS, Tower, all_gather_cat, split_towers
 
 log = logging.getLogger(__name__)
 
@@ -104,12 +102,6 @@ class TowerParallelStrategy(DDPStrategy):
         self._broadcast_within_tower(self.model)
         self.setup_precision_plugin()
 
-    def _setup_model(self, model):
-        device_ids = self.determine_ddp_device_ids()
-        ctx = torch.cuda.stream(torch.cuda.Stream()) if device_ids is not None else nullcontext()
-        with ctx:
-            return DistributedDataParallel(module=model, device_ids=device_ids, **self._ddp_kwargs)
-
     def _broadcast_within_tower(self, module) -> None:
         group = self._ddp_kwargs.get("process_group")
         src = dist.get_global_rank(group, 0)
@@ -118,9 +110,7 @@ class TowerParallelStrategy(DDPStrategy):
 
     # -- checkpoints: both towers, in the grouped layout --------------------
     def _gather(self, tensor: torch.Tensor) -> torch.Tensor:
-        parts = [torch.empty_like(tensor) for _ in range(self.towers)]
-        dist.all_gather(parts, tensor.contiguous(), group=self.tower_group)
-        return torch.cat(parts)
+        return all_gather_cat(tensor, self.tower_group)
 
     def lightning_module_state_dict(self) -> dict[str, Any]:
         state = super().lightning_module_state_dict()

@@ -18,7 +18,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from .data.augment import average_crops
 from .models import create
 from .optim import build_optimizer, warmup_factor
-from .towers import clip_grad_norm_towers
+from .towers import all_gather_cat, clip_grad_norm_towers
 
 
 def _numpy_state_to_safe(state: tuple) -> dict:
@@ -85,9 +85,7 @@ class AlexNetSystem(L.LightningModule):
         group = getattr(self.net, "group", None)
         if group is None:
             return weight, self.net.groups
-        parts = [torch.empty_like(weight) for _ in range(self.net.towers)]
-        torch.distributed.all_gather(parts, weight.contiguous(), group=group)
-        return torch.cat(parts), self.net.towers
+        return all_gather_cat(weight, group), self.net.towers
 
     # -- training ---------------------------------------------------------
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
@@ -165,7 +163,8 @@ class AlexNetSystem(L.LightningModule):
         # The towers of one model-parallel copy share a stream (the same crops
         # for the same images; each draws the whole dropout mask and keeps its half).
         if self.trainer.world_size > 1:
-            rank = getattr(self.trainer.strategy, "data_parallel_rank", self.global_rank)
+            # the sampler's rank: the global one under DDP, the copy's under alexnet.parallel
+            rank = self.trainer.strategy.distributed_sampler_kwargs["rank"]
             seed = (self.hparams.config or {}).get("seed", 0) + rank
             L.seed_everything(seed, workers=True, verbose=False)
 

@@ -44,6 +44,13 @@ from .models import AlexNet
 TOWERS = 2  # Section 3.2: two GTX 580 GPUs
 
 
+def all_gather_cat(x: torch.Tensor, group, dim: int = 0) -> torch.Tensor:
+    """Every rank's ``x`` of ``group``, concatenated along ``dim`` in rank order (no gradient)."""
+    parts = [torch.empty_like(x) for _ in range(dist.get_world_size(group))]
+    dist.all_gather(parts, x.contiguous(), group=group)
+    return torch.cat(parts, dim=dim)
+
+
 class _GatherTowers(torch.autograd.Function):
     """All-gather along the channels, with one of two backward passes.
 
@@ -61,9 +68,7 @@ class _GatherTowers(torch.autograd.Function):
     def forward(ctx, x: torch.Tensor, group, replicated: bool) -> torch.Tensor:
         ctx.group, ctx.replicated = group, replicated
         ctx.rank, ctx.size = dist.get_rank(group), dist.get_world_size(group)
-        parts = [torch.empty_like(x) for _ in range(ctx.size)]
-        dist.all_gather(parts, x.contiguous(), group=group)
-        return torch.cat(parts, dim=1)
+        return all_gather_cat(x, group, dim=1)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
@@ -187,8 +192,7 @@ class Tower(nn.Module):
         # batch catches data streams that are not in step, which would
         # otherwise train silently on mismatched halves.
         fingerprint = torch.stack([x.double().sum(), x.double().square().sum()])
-        prints = [torch.empty_like(fingerprint) for _ in range(self.towers)]
-        dist.all_gather(prints, fingerprint, group=self.group)
+        prints = all_gather_cat(fingerprint[None], self.group)  # (towers, 2)
         if not all(torch.allclose(p, prints[0]) for p in prints):
             raise RuntimeError(
                 f"the towers received different input batches ({[p.tolist() for p in prints]}): "
@@ -234,4 +238,4 @@ def merge_towers(states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tenso
     return {k: (torch.cat([s[k] for s in states]) if v.ndim else v) for k, v in states[0].items()}
 
 
-__all__ = ["TOWERS", "Tower", "TowerDropout", "clip_grad_norm_towers", "gather_towers", "merge_towers", "split_towers"]
+__all__ = ["TOWERS", "Tower", "TowerDropout", "all_gather_cat", "clip_grad_norm_towers", "gather_towers", "merge_towers", "split_towers"]
