@@ -96,6 +96,14 @@ def read_run(folder: Path) -> Run | None:
     return None
 
 
+def by_setting(runs: list[Run]) -> dict[str, list[Run]]:
+    """The runs grouped by setting: the paper's ingredients in ORDER, then any others by name."""
+    by = defaultdict(list)
+    for run in runs:
+        by[run.setting].append(run)
+    return {s: by[s] for s in [s for s in ORDER if s in by] + sorted(s for s in by if s not in ORDER)}
+
+
 def _mean_spread(values: list[float]) -> str:
     mean = 100 * statistics.mean(values)
     spread = f" ± {100 * statistics.stdev(values):.2f}" if len(values) > 1 else ""
@@ -110,17 +118,13 @@ def _delta(values: list[float], base: list[float] | None) -> str:
 
 def table(runs: list[Run]) -> str:
     """The Markdown table: one row per setting, errors in percent (mean ± sample std over seeds)."""
-    by = defaultdict(list)
-    for run in runs:
-        by[run.setting].append(run)
-    settings = [s for s in ORDER if s in by] + sorted(s for s in by if s not in ORDER)
+    by = by_setting(runs)
     base = by.get(BASELINE)
     lines = [
         "| setting | runs (seeds) | top-1 error % | top-5 error % | top-1 change | top-5 change | the paper's claim (removing it) |",
         "|---|---|---|---|---|---|---|",
     ]
-    for s in settings:
-        group = by[s]
+    for s, group in by.items():
         top1, top5 = [r.top1 for r in group], [r.top5 for r in group]
         seeds = ",".join(str(r.seed) for r in sorted(group, key=lambda r: (r.seed is None, r.seed)))
         changes = ("", "") if s == BASELINE else (
@@ -143,12 +147,10 @@ def table(runs: list[Run]) -> str:
 def plot(runs: list[Run], path: Path) -> None:
     """Validation top-1 error and training loss against the step, mean over each setting's seeds."""
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-    by = defaultdict(list)
-    for run in runs:
-        by[run.setting].append(run)
+    by = by_setting(runs)
     for ax, tag, title in ((axes[0], "val/top1_error", "validation top-1 error"), (axes[1], "train/loss", "training loss")):
-        for setting in [s for s in ORDER if s in by] + sorted(s for s in by if s not in ORDER):
-            series = [dict(r.curves.get(tag, [])) for r in by[setting]]
+        for setting, group in by.items():
+            series = [dict(r.curves.get(tag, [])) for r in group]
             steps = sorted(set.intersection(*(set(s) for s in series))) if series else []
             if steps:
                 ax.plot(steps, [statistics.mean(s[k] for s in series) for k in steps], label=setting,
