@@ -11,6 +11,8 @@ from lightning.pytorch.callbacks import RichProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
 from torchvision.utils import make_grid
 
+from .distributed import data_parallel
+
 
 def conv1_kernel_grids(weight: torch.Tensor, towers: int = 1, scale: int = 3) -> list[torch.Tensor]:
     """conv1's weight, (96, 3, 11, 11) for the paper, as one image grid per tower (Figure 3).
@@ -55,8 +57,7 @@ class ThroughputProgressBar(RichProgressBar):
         now = time.perf_counter()
         if self._last is not None:
             # model parallelism: the towers of one copy share its images
-            replicas = (getattr(trainer.strategy, "distributed_sampler_kwargs", None) or {}).get("num_replicas", 1)
-            images = len(batch[1]) * replicas
+            images = len(batch[1]) * data_parallel(trainer)[1]
             rate = images / max(now - self._last, 1e-9)
             self._rate = rate if self._rate is None else self.smoothing * self._rate + (1 - self.smoothing) * rate
         self._last = now

@@ -7,6 +7,7 @@ alone (the checkpoint also holds the run's whole resolved config).
 
 from __future__ import annotations
 
+import logging
 import random
 
 import lightning as L
@@ -16,9 +17,12 @@ import torch.nn.functional as F
 from torchmetrics.classification import MulticlassAccuracy
 
 from .data.augment import average_crops
+from .distributed import data_parallel
 from .models import create
-from .optim import build_optimizer, warmup_factor
+from .optim import CosineToEnd, build_optimizer, warmup_factor
 from .towers import all_gather_cat, clip_grad_norm_towers
+
+log = logging.getLogger(__name__)
 
 
 def _numpy_state_to_safe(state: tuple) -> dict:
@@ -158,15 +162,17 @@ class AlexNetSystem(L.LightningModule):
     # -- checkpoints ------------------------------------------------------
     def on_fit_start(self) -> None:
         # Every process was seeded alike (so the ranks build the same network);
-        # each now gets its own stream, or all ranks would draw the same crops,
-        # flips, lighting and dropout masks.
-        # The towers of one model-parallel copy share a stream (the same crops
-        # for the same images; each draws the whole dropout mask and keeps its half).
-        if self.trainer.world_size > 1:
-            # the sampler's rank: the global one under DDP, the copy's under alexnet.parallel
-            rank = self.trainer.strategy.distributed_sampler_kwargs["rank"]
+        # each now gets its own stream for what is drawn per step (dropout), or
+        # all ranks would draw the same masks. The towers of one model-parallel
+        # copy share a stream (each draws the whole dropout mask and keeps its half).
+        # Not L.seed_everything: it rewrites PL_GLOBAL_SEED, which samplers read.
+        # Per-image augmentation does not come from these streams (alexnet/data/sampling.py).
+        rank, size = data_parallel(self.trainer)
+        if size > 1:
             seed = (self.hparams.config or {}).get("seed", 0) + rank
-            L.seed_everything(seed, workers=True, verbose=False)
+            random.seed(seed)
+            np.random.seed(seed)
+            torch.manual_seed(seed)  # every device's generator too
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # Lightning restores weights, optimizer, schedulers and loop counters;
@@ -195,6 +201,18 @@ class AlexNetSystem(L.LightningModule):
         self._rng_to_restore = checkpoint.get("rng_states")
 
     def on_train_start(self) -> None:
+        self._replan_schedules()
+        self._restore_random_state()
+
+    def _replan_schedules(self) -> None:
+        # A resumed run may have another trainer.max_epochs (extending a finished run).
+        for config in self.trainer.lr_scheduler_configs:
+            if isinstance(config.scheduler, CosineToEnd) and config.scheduler.replan(self.trainer.max_epochs):
+                lr = config.scheduler.get_last_lr()[0]
+                log.info("the cosine schedule now ends at epoch %d: annealing from lr %.3g at epoch %d to %.3g",
+                         self.trainer.max_epochs, lr, config.scheduler.last_epoch, config.scheduler.eta_min)
+
+    def _restore_random_state(self) -> None:
         states, self._rng_to_restore = getattr(self, "_rng_to_restore", None), None
         if not states or len(states) != self.trainer.world_size:
             return  # a different number of processes: keep the fresh per-rank seeds

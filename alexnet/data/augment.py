@@ -14,6 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.transforms.v2 import functional as TF
 
+from .sampling import offsets
+
 # Section 4.1: PCA of the training set's RGB pixels. These are the ImageNet
 # values fb.resnet.torch computed on a 0-1 pixel scale (SPEC.md, "Data").
 IMAGENET_EIGVAL = (0.2175, 0.0188, 0.0045)
@@ -26,28 +28,38 @@ IMAGENET_EIGVEC = (  # rows = R, G, B; column j is the j-th eigenvector
 LUMA = (0.299, 0.587, 0.114)
 
 
-def random_crop(x: torch.Tensor, size: int, padding: int = 0) -> torch.Tensor:
+def random_crop(x: torch.Tensor, size: int, padding: int = 0, u: torch.Tensor | None = None) -> torch.Tensor:
     """A random size x size patch of each image, zero-padded by `padding` first.
 
     (B, C, H, W) -> (B, C, size, size). Every offset 0 .. H + 2*padding - size
-    is equally likely.
+    is equally likely. ``u``: (B, 2) uniforms in [0, 1) that choose the top
+    and left offsets (the per-image draws of :mod:`alexnet.data.sampling`);
+    None draws them from torch's global generator.
     """
     if padding:
         x = F.pad(x, (padding, padding, padding, padding))
     b, c, h, w = x.shape
     if size > h or size > w:
         raise ValueError(f"crop {size} is larger than the (padded) image {h}x{w}")
-    top = torch.randint(0, h - size + 1, (b,), device=x.device)
-    left = torch.randint(0, w - size + 1, (b,), device=x.device)
+    if u is None:
+        u = torch.rand(b, 2, dtype=torch.float64)
+    top, left = offsets(u[:, 0], h - size + 1), offsets(u[:, 1], w - size + 1)
     if x.device.type == "cpu":  # on the CPU one slice copy per image beats an index kernel
         return torch.stack([x[i, :, t : t + size, l : l + size] for i, (t, l) in enumerate(zip(top.tolist(), left.tolist()))])
+    top, left = top.to(x.device), left.to(x.device)
     windows = x.unfold(2, size, 1).unfold(3, size, 1)  # (B, C, h-size+1, w-size+1, size, size), a view
     return windows[torch.arange(b, device=x.device), :, top, left]  # one gather
 
 
-def random_flip(x: torch.Tensor, p: float = 0.5) -> torch.Tensor:
-    """Section 4.1: mirror each image left-right with probability p."""
-    flip = torch.rand(x.shape[0], device=x.device) < p
+def random_flip(x: torch.Tensor, p: float = 0.5, u: torch.Tensor | None = None) -> torch.Tensor:
+    """Section 4.1: mirror each image left-right with probability p.
+
+    ``u``: (B,) uniforms in [0, 1), an image is mirrored where u < p; None
+    draws them from torch's global generator.
+    """
+    if u is None:
+        u = torch.rand(x.shape[0], dtype=torch.float64)
+    flip = (u < p).to(x.device)
     return torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
 
 
@@ -113,11 +125,17 @@ class Lighting(nn.Module):
             return rgb @ torch.tensor(LUMA, device=rgb.device, dtype=rgb.dtype).view(3, 1)
         return rgb
 
-    def sample_offset(self, batch: int, device=None) -> torch.Tensor | None:
-        """Fresh alphas for ``batch`` images: their offsets (B, C), or None when disabled."""
+    def sample_offset(self, batch: int, device=None, normal: torch.Tensor | None = None) -> torch.Tensor | None:
+        """The offsets (B, C) of ``batch`` images, or None when disabled.
+
+        normal: (B, 3) standard normals, alpha / alphastd of each image (the
+        per-image draws of :mod:`alexnet.data.sampling`); None draws fresh ones.
+        """
         if self.alphastd == 0:
             return None
-        return self.offset(torch.randn(batch, 3, device=device) * self.alphastd)
+        if normal is None:
+            normal = torch.randn(batch, 3)
+        return self.offset(normal.to(device=device, dtype=torch.float32) * self.alphastd)
 
     def forward(self, x: torch.Tensor, alpha: torch.Tensor | None = None) -> torch.Tensor:
         if self.alphastd == 0 and alpha is None:

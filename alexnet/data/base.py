@@ -2,26 +2,34 @@
 
 Subclasses set ``num_classes`` and ``class_names`` in ``__init__`` (cheaply:
 no image is decoded there) and build ``self.train_set``/``self.val_set`` in
-``setup``. Batches leave the DataLoader as uint8; ``on_after_batch_transfer``
-turns them into what the model sees, on the device:
+``setup``. Batches leave the DataLoader as uint8
+:class:`~alexnet.data.sampling.Samples`; ``on_after_batch_transfer`` turns
+them into what the model sees, on the device:
 
     train: x float32 (B, C, crop, crop), y int64 (B,)
     val: x float32 (B, C, crop, crop), or (B, 10, C, crop, crop) with eval_crops=10
     test: the same with test_crops (default: eval_crops) crops
+
+The training loader is torchdata's ``StatefulDataLoader`` over an
+:class:`~alexnet.data.sampling.EpochSampler`: Lightning saves its position in
+every checkpoint and restores it on resume, and since the order and every
+augmentation draw are functions of (seed, epoch, index), a run resumed from
+any step continues with the batches an uninterrupted run would have drawn.
 """
 
 from __future__ import annotations
 
 import warnings
-from functools import partial
 from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.fabric.utilities.seed import pl_worker_init_function
+from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, Dataset
+from torchdata.stateful_dataloader import StatefulDataLoader
 
-from ..errors import ConfigError
+from ..distributed import data_parallel
+from ..errors import ConfigError, TrainingError
 from ..faults import check_labels
 from .augment import IMAGENET_EIGVAL, IMAGENET_EIGVEC, Lighting
 from .presets import (
@@ -34,7 +42,14 @@ from .presets import (
     PerImage,
     load_eval,
 )
+from .sampling import EpochSampler, Samples
 from .stats import PixelStats
+
+# The DataModule's checkpoint state: the version of the sampling scheme.
+# Checkpoints without it were written when the order came from a shuffle
+# generator and crops from worker random streams: they resume, but the rest
+# of their epoch is drawn afresh.
+SAMPLING = "seed-epoch-index/1"
 
 
 class AlexNetDataModule(L.LightningDataModule):
@@ -98,10 +113,9 @@ class AlexNetDataModule(L.LightningDataModule):
         self.eval_batch = BatchEvalTransform(crop_size, eval_crops, self.norm)
         self.test_batch = BatchEvalTransform(crop_size, self.test_crops, self.norm)
         self.bad_images: list[str] = []
-        # One generator draws every epoch's order; its state goes into the
-        # checkpoint (state_dict below), so a resumed run sees the epochs in
-        # the order an uninterrupted one would have.
-        self.shuffle_generator = torch.Generator().manual_seed(seed)
+        # The sample indices of the training batch last handed to the model (for callbacks).
+        self.batch_indices: torch.Tensor | None = None
+        self.train_sampler: EpochSampler | None = None
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
 
@@ -142,13 +156,37 @@ class AlexNetDataModule(L.LightningDataModule):
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         """The batch half of the transforms, on the device (Lightning calls this
-        after moving the batch). Also counts the images the workers could not read."""
-        x, y, *bad = batch
-        if bad:
-            self._count_bad(bad[0])
+        after moving the batch). Also counts the images the workers could not read.
+
+        Samples -> (x, y): the images' draws decide the training crops, flips and lighting.
+        """
+        if not isinstance(batch, Samples):
+            return batch
+        if batch.bad:
+            self._count_bad(batch.bad)
+        x = batch.x
+        training = self.trainer is not None and self.trainer.training
+        if training:
+            self._check_epoch()
+            self.batch_indices = batch.index
         if x.dtype == torch.uint8:  # with batch_augment=False the workers already did it
-            x = self._batch_transform()(x)
-        return x, y
+            x = self.train_batch(x, batch.draws) if training else self._batch_transform()(x)
+        return x, batch.y
+
+    def _check_epoch(self) -> None:
+        # Lightning iterates a resumed run's loader once before it sets the epoch;
+        # the DataModule sets it when building the loader. Something that builds the
+        # loader before the checkpoint is restored (Lightning issue #20550: reading
+        # trainer.estimated_stepping_batches in configure_optimizers) would train on
+        # another epoch's order, and the loader's saved position would be ignored.
+        epoch = self.trainer.fit_loop.epoch_progress.current.processed
+        drawn = self.train_sampler.iterated_epoch if self.train_sampler is not None else epoch
+        if drawn != epoch:
+            raise TrainingError(
+                f"the training loader drew the order of epoch {drawn} for epoch {epoch}: it was built before "
+                "the checkpoint was restored (is trainer.estimated_stepping_batches read in configure_optimizers? "
+                "Lightning issue #20550)"
+            )
 
     def _batch_transform(self):
         trainer = self.trainer
@@ -170,34 +208,40 @@ class AlexNetDataModule(L.LightningDataModule):
     # ---- loaders -------------------------------------------------------------
 
     def _loader(self, dataset: Dataset, shuffle: bool, **kwargs) -> DataLoader:
+        """The training loader (``shuffle=True``: resumable, in the epoch's order) or an evaluation one.
+
+        Each loader has a generator of its own for its workers' base seed, so
+        building one never draws from the global stream that dropout uses.
+        """
         workers = kwargs.pop("num_workers", self.num_workers)
-        pin = kwargs.pop("pin_memory", self.pin_memory)
-        generator = self.shuffle_generator if shuffle else None
-        rank = self._data_parallel_rank()
-        if workers > 0 and rank is not None and "worker_init_fn" not in kwargs:
-            # Lightning's worker seeding, keyed by the data-parallel rank rather than
-            # the global one: the two towers of a model-parallel copy (alexnet.parallel)
-            # must crop their shared images alike.
-            kwargs["worker_init_fn"] = partial(pl_worker_init_function, rank=rank)
-        return DataLoader(
-            dataset,
+        common = dict(
             batch_size=self.batch_size,
-            shuffle=shuffle,
             num_workers=workers,
-            pin_memory=pin,
+            pin_memory=kwargs.pop("pin_memory", self.pin_memory),
             persistent_workers=self.persistent_workers and workers > 0,
-            generator=generator,
+            generator=torch.Generator().manual_seed(self.seed),
             **kwargs,
         )
+        if not shuffle:
+            return DataLoader(dataset, shuffle=False, **common)
+        rank, size = data_parallel(self.trainer)
+        self.train_sampler = EpochSampler(dataset, num_replicas=size, rank=rank, seed=self.seed)
+        # Lightning sets the epoch at each epoch's start, but only after its first
+        # iter() of a resumed run, which already draws the order with workers.
+        self.train_sampler.set_epoch(self._epoch())
+        with warnings.catch_warnings():  # torchdata 0.11 calls a deprecated torch function; nothing to act on
+            warnings.filterwarnings("ignore", message=".*set_vital.*is deprecated")
+            return StatefulDataLoader(dataset, sampler=self.train_sampler, **common)
+
+    def _epoch(self) -> int:
+        """The epoch the next training iteration is for (restored on resume): what Lightning gives set_epoch."""
+        if self.trainer is None:
+            return 0
+        return self.trainer.fit_loop.epoch_progress.current.processed
 
     def val_dataloader(self):
         self._need_setup()
         return self._eval_loader(self.eval_batch)
-
-    def _data_parallel_rank(self) -> int | None:
-        strategy = getattr(self.trainer, "strategy", None) if self.trainer is not None else None
-        kwargs = getattr(strategy, "distributed_sampler_kwargs", None)
-        return kwargs.get("rank") if kwargs else None
 
     def test_dataloader(self):
         # The test split is the evaluation split: ImageNet's validation set,
@@ -211,11 +255,15 @@ class AlexNetDataModule(L.LightningDataModule):
         raise NotImplementedError
 
     def state_dict(self) -> dict:
-        return {"shuffle_generator": self.shuffle_generator.get_state()}
+        # The loader's position is saved by Lightning (the StatefulDataLoader's state).
+        return {"sampling": SAMPLING}
 
     def load_state_dict(self, state_dict: dict) -> None:
-        if "shuffle_generator" in state_dict:
-            self.shuffle_generator.set_state(state_dict["shuffle_generator"])
+        if state_dict.get("sampling") != SAMPLING:
+            rank_zero_warn(
+                "this checkpoint was written before training order and augmentation became functions of "
+                "(seed, epoch, index): the run resumes, but the order of the epoch it stopped in restarts"
+            )
 
     def _need_setup(self) -> None:
         if self.train_set is None:

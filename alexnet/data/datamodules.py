@@ -19,6 +19,7 @@ from . import cifar
 from .base import AlexNetDataModule
 from .folder import ImageFiles, check_split_classes, collate_skipping_bad, list_samples
 from .presets import load_eval, load_train
+from .sampling import Samples, batch_draws, split_key
 from .shapes import SHAPE_CLASSES, generate_shapes
 
 
@@ -26,12 +27,14 @@ class TensorImages(Dataset):
     """Images held in memory as one uint8 tensor (N, C, H, W).
 
     ``__getitems__`` lets the DataLoader fetch a whole batch with one index
-    operation instead of N Python calls; ``transform``, if given, runs on
-    that batch (the loader-side path, ``batch_augment=False``).
+    operation instead of N Python calls, as :class:`~alexnet.data.sampling.Samples`;
+    training keys ``(index, epoch)`` bring the images' draws for that epoch
+    (from ``seed``). ``transform``, if given, runs on that batch (the
+    loader-side path, ``batch_augment=False``).
     """
 
-    def __init__(self, x: torch.Tensor, y: torch.Tensor, transform=None):
-        self.x, self.y, self.transform = x, y, transform
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, transform=None, seed: int = 0):
+        self.x, self.y, self.transform, self.seed = x, y, transform, seed
 
     def __len__(self) -> int:
         return len(self.y)
@@ -39,10 +42,16 @@ class TensorImages(Dataset):
     def __getitem__(self, i):
         return self.x[i], self.y[i]
 
-    def __getitems__(self, indices):
-        idx = torch.as_tensor(indices, device=self.x.device)
+    def __getitems__(self, keys) -> Samples:
+        pairs = [split_key(k) for k in keys]
+        index = torch.tensor([i for i, _ in pairs], dtype=torch.int64)
+        epoch = pairs[0][1] if pairs else None
+        draws = None if epoch is None else batch_draws(self.seed, epoch, index.tolist())
+        idx = index.to(self.x.device)
         x = self.x[idx]
-        return (x if self.transform is None else self.transform(x)), self.y[idx]
+        if self.transform is not None:
+            x = self.transform(x) if draws is None else self.transform(x, draws)
+        return Samples(x, self.y[idx], index, draws, [])
 
 
 def _already_batched(batch):
@@ -74,7 +83,7 @@ class InMemoryDataModule(AlexNetDataModule):
                 # airbench style: the whole uint8 dataset lives on the GPU (CIFAR: 180 MB),
                 # so a batch costs one index and no host-to-device copy.
                 x, y = x.to(device), y.to(device)
-            sets.append(TensorImages(x, y))
+            sets.append(TensorImages(x, y, seed=self.seed))
         self.train_set, self.val_set = sets
 
     def _device(self) -> torch.device:
@@ -83,7 +92,7 @@ class InMemoryDataModule(AlexNetDataModule):
 
     def _tensor_loader(self, dataset: TensorImages, shuffle: bool, batch=None):
         if not self.batch_augment:  # run the batch half in the loader, on the CPU
-            dataset = TensorImages(dataset.x, dataset.y, batch)
+            dataset = TensorImages(dataset.x, dataset.y, batch, self.seed)
         on_device = dataset.x.device.type != "cpu"
         return self._loader(dataset, shuffle, num_workers=0, collate_fn=_already_batched,
                             pin_memory=self.pin_memory and not on_device)
@@ -225,7 +234,7 @@ class FolderDataModule(AlexNetDataModule):
         train = list_samples(self.root / "train", self.classes)
         val = list_samples(self.root / self.val_split, self.classes)
         load = load_train(self.resize_size, self.crop_size, self.center_crop, self.channels)
-        self.train_set = ImageFiles(train, self.per_image(load, self.train_batch), self.resize_size)
+        self.train_set = ImageFiles(train, self.per_image(load, self.train_batch), self.resize_size, self.seed)
         evaluate = load_eval(self.resize_size, self.channels)
         self.val_set = ImageFiles(val, self.per_image(evaluate, self.eval_batch), self.resize_size)
 
@@ -245,11 +254,11 @@ class FolderDataModule(AlexNetDataModule):
         idx = torch.randperm(len(samples), generator=torch.Generator().manual_seed(self.seed))[:max_images]
         subset = ImageFiles([samples[i] for i in idx], load_eval(self.resize_size, 3), self.resize_size)
         loader = self._loader(subset, False, collate_fn=collate_skipping_bad)
-        for x, _, bad in loader:
-            if bad:
-                self._count_bad(bad)
-            if len(x):
-                yield x
+        for batch in loader:
+            if batch.bad:
+                self._count_bad(batch.bad)
+            if len(batch.x):
+                yield batch.x
 
 
 def imagenet_classes() -> dict[str, str]:

@@ -11,6 +11,7 @@ from torch.utils.data import Dataset, default_collate
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from ..errors import ConfigError
+from .sampling import Samples, sample_draws, split_key
 
 
 def is_hidden(name: str) -> bool:
@@ -104,36 +105,44 @@ def load_rgb(path: str, min_size: int | None = None) -> Image.Image:
 class ImageFiles(Dataset):
     """(path, label) samples decoded with :func:`load_rgb` and a transform.
 
-    A file that fails to decode yields ``(None, label, path)`` instead of
-    raising, so one bad JPEG among a million does not kill a run;
+    Keys are sample indices (evaluation) or ``(index, epoch)`` (training,
+    from :class:`~alexnet.data.sampling.EpochSampler`): then the transform
+    also gets the image's draws for that epoch, from ``seed``.
+
+    A file that fails to decode yields ``(None, label, index, None, path)``
+    instead of raising, so one bad JPEG among a million does not kill a run;
     :func:`collate_skipping_bad` drops it and reports its path in the batch.
     """
 
-    def __init__(self, samples: list[tuple[str, int]], transform, min_size: int | None = None):
-        self.samples, self.transform, self.min_size = samples, transform, min_size
+    def __init__(self, samples: list[tuple[str, int]], transform, min_size: int | None = None, seed: int = 0):
+        self.samples, self.transform, self.min_size, self.seed = samples, transform, min_size, seed
 
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int):
+    def __getitem__(self, key):
+        index, epoch = split_key(key)
         path, label = self.samples[index]
+        draws = None if epoch is None else sample_draws(self.seed, epoch, index)
         try:
             image = load_rgb(path, self.min_size)
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-            return None, label, f"{path} ({type(e).__name__}: {e})"
-        return self.transform(image), label, None
+            return None, label, index, draws, f"{path} ({type(e).__name__}: {e})"
+        x = self.transform(image) if draws is None else self.transform(image, draws)
+        return x, label, index, draws, None
 
 
-def collate_skipping_bad(batch):
-    """Stack the good samples; the third element lists the files that failed.
-
-    -> (x (B, ...), y int64 (B,), bad: list[str]). The DataModule's
-    ``on_after_batch_transfer`` counts ``bad`` and strips it off.
-    """
-    good = [(x, y) for x, y, bad in batch if bad is None]
-    bad = [b for _, _, b in batch if b is not None]
-    if good:
-        x, y = default_collate(good)
-    else:
-        x, y = torch.empty(0), torch.empty(0, dtype=torch.int64)
-    return x, y, bad
+def collate_skipping_bad(items) -> Samples:
+    """Stack the good samples into :class:`~alexnet.data.sampling.Samples`; ``bad``
+    lists the files that failed. The DataModule's ``on_after_batch_transfer``
+    counts them."""
+    good = [item for item in items if item[4] is None]
+    bad = [item[4] for item in items if item[4] is not None]
+    if not good:
+        return Samples(torch.empty(0, dtype=torch.uint8), torch.empty(0, dtype=torch.int64),
+                       torch.empty(0, dtype=torch.int64), None, bad)
+    x = default_collate([item[0] for item in good])  # in a worker: straight into shared memory
+    y = torch.tensor([item[1] for item in good], dtype=torch.int64)
+    index = torch.tensor([item[2] for item in good], dtype=torch.int64)
+    draws = torch.stack([item[3] for item in good]) if good[0][3] is not None else None
+    return Samples(x, y, index, draws, bad)

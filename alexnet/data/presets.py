@@ -23,6 +23,7 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
 from .augment import LUMA, Lighting, random_crop, random_flip, ten_crop
+from .sampling import CROP_LEFT, CROP_TOP, FLIP, LIGHTING, offsets
 
 NORMALIZE = ("paper", "imagenet")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # 0-1 scale, torchvision's values
@@ -95,6 +96,8 @@ class BatchTrainAugment(nn.Module):
             size to resize x resize (CIFAR's 32x32 for a 224-pixel model).
 
     uint8 (B, C, H, W) in, normalised float32 (B, C, crop_size, crop_size) out.
+    ``draws``: the images' (B, 6) random numbers (:mod:`alexnet.data.sampling`),
+    which decide the crop, the flip and the lighting; None draws fresh ones.
     """
 
     def __init__(self, crop_size: int, padding: int, flip: bool, lighting: Lighting, norm: Normalization, resize=None):
@@ -102,15 +105,18 @@ class BatchTrainAugment(nn.Module):
         self.crop_size, self.padding, self.flip, self.resize = crop_size, padding, flip, resize
         self.lighting, self.norm = lighting, norm
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, draws: torch.Tensor | None = None) -> torch.Tensor:
         if x.dim() != 4:
             raise ValueError(f"expected a batch (B, C, H, W), got shape {tuple(x.shape)}")
+        if draws is None:
+            draws = torch.cat([torch.rand(len(x), 3, dtype=torch.float64), torch.randn(len(x), 3, dtype=torch.float64)], 1)
+        draws = draws.cpu()  # (B, 6): a few numbers, read on the host
         x = _resize(x, self.resize)
         if self.padding or x.shape[-1] != self.crop_size or x.shape[-2] != self.crop_size:
-            x = random_crop(x, self.crop_size, self.padding)
+            x = random_crop(x, self.crop_size, self.padding, draws[:, [CROP_TOP, CROP_LEFT]])
         if self.flip:
-            x = random_flip(x)
-        return self.norm(x, self.lighting.sample_offset(len(x), x.device))
+            x = random_flip(x, u=draws[:, FLIP])
+        return self.norm(x, self.lighting.sample_offset(len(x), x.device, draws[:, LIGHTING]))
 
     def extra_repr(self) -> str:
         return f"crop_size={self.crop_size}, padding={self.padding}, flip={self.flip}, norm={self.norm.kind}"
@@ -145,17 +151,38 @@ def _resize(x: torch.Tensor, size: int | None) -> torch.Tensor:
     return TF.resize(x, [size, size], antialias=True)
 
 
-def load_train(resize_size: int, crop_size: int, center_crop: bool, channels: int) -> v2.Compose:
-    """The load half of training for image files: PIL in, uint8 (C, crop, crop) out.
+class LoadTrain:
+    """The load half of training for image files: PIL image and its draws in,
+    uint8 (C, crop, crop) out.
 
     Section 2: shorter side to 256 and the central 256x256 square; Section 4.1:
-    a random 224x224 patch of it (without ``center_crop``: of the whole image).
+    a random 224x224 patch of it (without ``center_crop``: of the whole image),
+    its position from the image's draws (CROP_TOP, CROP_LEFT). Picklable, so
+    DataLoader workers can run it.
     """
-    steps = [v2.Resize(resize_size)]
-    if center_crop:
-        steps.append(v2.CenterCrop(resize_size))
-    steps.append(v2.RandomCrop(crop_size))
-    return v2.Compose(steps + _to_tensor(channels))
+
+    def __init__(self, resize_size: int, crop_size: int, center_crop: bool, channels: int) -> None:
+        self.crop_size = crop_size
+        steps = [v2.Resize(resize_size)] + ([v2.CenterCrop(resize_size)] if center_crop else [])
+        self.resize = v2.Compose(steps)
+        self.to_tensor = v2.Compose(_to_tensor(channels))
+
+    def __call__(self, image, draws: torch.Tensor) -> torch.Tensor:
+        image = self.resize(image)
+        w, h = image.size
+        s = self.crop_size
+        if s > h or s > w:
+            raise ValueError(f"crop {s} is larger than the resized image {w}x{h}")
+        top, left = offsets(draws[CROP_TOP], h - s + 1), offsets(draws[CROP_LEFT], w - s + 1)
+        return self.to_tensor(TF.crop(image, int(top), int(left), s, s))
+
+    def __repr__(self) -> str:
+        return f"LoadTrain(resize={self.resize!r}, crop_size={self.crop_size})"
+
+
+def load_train(resize_size: int, crop_size: int, center_crop: bool, channels: int) -> LoadTrain:
+    """:class:`LoadTrain`, the load half of training for image files."""
+    return LoadTrain(resize_size, crop_size, center_crop, channels)
 
 
 def load_eval(resize_size: int, channels: int) -> v2.Compose:
@@ -173,17 +200,20 @@ def _to_tensor(channels: int) -> list:
 class PerImage:
     """Runs a load half and then a batch half on one image (the classic path).
 
-    Picklable, so DataLoader workers can run it.
+    Training halves take the image's draws (:mod:`alexnet.data.sampling`),
+    evaluation halves do not. Picklable, so DataLoader workers can run it.
     """
 
     def __init__(self, load, batch: nn.Module | None = None):
         self.load, self.batch = load, batch
 
-    def __call__(self, image) -> torch.Tensor:
-        x = self.load(image)
+    def __call__(self, image, draws: torch.Tensor | None = None) -> torch.Tensor:
+        x = self.load(image) if draws is None else self.load(image, draws)
         if self.batch is None:
             return x
-        return self.batch(x.unsqueeze(0))[0]
+        if draws is None:
+            return self.batch(x.unsqueeze(0))[0]
+        return self.batch(x.unsqueeze(0), draws.unsqueeze(0))[0]
 
     def __repr__(self) -> str:
         return f"PerImage(load={self.load!r}, batch={self.batch!r})"

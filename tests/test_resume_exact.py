@@ -1,0 +1,78 @@
+"""A run stopped in mid-epoch and resumed with `ckpt_path=last` ends exactly where an uninterrupted run ends.
+
+Folder JPEGs decoded by two worker processes, dropout and every augmentation
+on, a checkpoint every step; stopped by kill -9 of the whole job after a step
+checkpoint, or by SIGTERM (which saves last.ckpt at the end of the batch),
+in one process and in two DDP processes. The resumed run's final weights
+and momentum must equal the uninterrupted run's bit for bit: the loader's
+position, the order, the crops and the dropout stream all continue.
+"""
+
+from __future__ import annotations
+
+import signal
+
+import pytest
+import torch
+from test_sampling import QUIET, folder_dataset, run_recording
+
+STEPS = {"one process": 6, "two DDP processes": 3}  # per epoch: 21 images in batches of 4, per rank
+DEVICES = {"one process": ["trainer.accelerator=cpu"],
+           "two DDP processes": ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"]}
+
+
+def args(data, processes: str) -> list[str]:
+    return ["data=folder", f"data.root={data}", "data.num_workers=2", "data.batch_size=4", "data.resize_size=36",
+            "model.dropout=0.5", "data.pca_std=0.1", "trainer.max_epochs=2", "checkpoint.every_n_train_steps=1",
+            *DEVICES[processes], *QUIET]
+
+
+def final_state(run) -> dict:
+    return torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+
+
+def assert_same_training(a: dict, b: dict) -> None:
+    assert a["global_step"] == b["global_step"]
+    for key, value in a["state_dict"].items():
+        assert torch.equal(value, b["state_dict"][key]), f"weights differ: {key}"
+    for p, state in a["optimizer_states"][0]["state"].items():
+        assert torch.equal(state["momentum_buffer"], b["optimizer_states"][0]["state"][p]["momentum_buffer"]), f"momentum {p}"
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return folder_dataset(tmp_path_factory.mktemp("resume") / "data", classes=3, per_class=7, size=(40, 36))
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(data, tmp_path_factory):
+    finals = {}
+    for processes in STEPS:
+        run = tmp_path_factory.mktemp("uninterrupted") / "run"
+        result = run_recording(run, run.parent / "records", *args(data, processes))
+        assert result.returncode == 0, result.stderr[-3000:]
+        finals[processes] = final_state(run)
+    return finals
+
+
+@pytest.mark.parametrize("processes", list(STEPS))
+@pytest.mark.parametrize("stop", ["kill -9", "SIGTERM"])
+def test_a_run_stopped_mid_epoch_resumes_to_the_uninterrupted_runs_weights_and_momentum(stop, processes, data, uninterrupted, tmp_path):
+    steps = STEPS[processes]
+    at = steps + steps // 2  # in the middle of the second epoch
+    run = tmp_path / "run"
+    env = {"KILL_AT_STEP": str(at)} if stop == "kill -9" else {"SIGTERM_AT_STEP": str(at)}
+    stopped = run_recording(run, tmp_path / "records", *args(data, processes), env=env)
+    if stop == "kill -9":
+        assert stopped.returncode == -signal.SIGKILL, stopped.stderr[-3000:]
+        saved_at = at  # the step checkpoint written before the kill
+    else:
+        assert stopped.returncode == 143, stopped.stderr[-3000:]
+        saved_at = at + 1  # SIGTERM saves at the end of the batch it arrived in
+    checkpoint = final_state(run)
+    assert checkpoint["global_step"] == saved_at and saved_at % steps, "the run was stopped in mid-epoch"
+
+    resumed = run_recording(run, tmp_path / "records", *args(data, processes), "ckpt_path=last")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming from a checkpoint that ended before the epoch ended" not in resumed.stderr  # Lightning's warning
+    assert_same_training(final_state(run), uninterrupted[processes])
