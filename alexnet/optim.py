@@ -11,6 +11,8 @@ steps after a learning-rate drop.
 
 from __future__ import annotations
 
+import math
+
 from torch import nn
 from torch.optim import SGD
 from torch.optim.lr_scheduler import CosineAnnealingLR, LambdaLR, ReduceLROnPlateau, StepLR
@@ -54,10 +56,10 @@ def build_optimizer(net: nn.Module, optim: dict, max_epochs: int | None) -> dict
     elif schedule == "step":
         config["scheduler"] = StepLR(optimizer, step_size=optim.get("step_size", 30), gamma=factor)
     elif schedule == "cosine":
-        # Over the whole run, warm-up included (warm-up only scales it). Fixed by
-        # the first run: a resumed run keeps the saved T_max.
+        # Over the whole run, warm-up included (warm-up only scales it); a
+        # resumed run with another trainer.max_epochs re-plans it (CosineToEnd.replan).
         t_max = max(1, max_epochs or 1)
-        config["scheduler"] = CosineAnnealingLR(optimizer, T_max=t_max, eta_min=optim.get("min_lr", 0.0))
+        config["scheduler"] = CosineToEnd(optimizer, T_max=t_max, eta_min=optim.get("min_lr", 0.0))
     elif schedule == "constant":
         config["scheduler"] = LambdaLR(optimizer, lambda epoch: 1.0)
     else:
@@ -68,3 +70,34 @@ def build_optimizer(net: nn.Module, optim: dict, max_epochs: int | None) -> dict
 def warmup_factor(step: int, warmup_steps: int, start: float = 0.1) -> float:
     """Linear warm-up from ``start`` times the learning rate to the full rate."""
     return start + (1.0 - start) * min(1.0, (step + 1) / warmup_steps)
+
+
+class CosineToEnd(CosineAnnealingLR):
+    """Cosine annealing to ``eta_min`` at epoch ``T_max`` that can be re-planned.
+
+    Until re-planned it is torch's CosineAnnealingLR (in closed form). A run
+    extended past its end (``ckpt_path=last trainer.max_epochs=N``) would have
+    CosineAnnealingLR climb back up its next half-cycle; :meth:`replan` instead
+    anneals from where the schedule stands, at its current learning rate, to
+    ``eta_min`` at the new last epoch, so the rate never rises again. Loads
+    CosineAnnealingLR's state (checkpoints written before it existed).
+    """
+
+    def __init__(self, optimizer, T_max: int, eta_min: float = 0.0, last_epoch: int = -1) -> None:
+        self.start_epoch = 0  # where the current half-cycle starts, and its rates there
+        self.start_lrs: list[float] | None = None
+        super().__init__(optimizer, T_max=T_max, eta_min=eta_min, last_epoch=last_epoch)
+
+    def get_lr(self) -> list[float]:
+        starts = self.start_lrs or self.base_lrs
+        span = max(1, self.T_max - self.start_epoch)
+        t = min(max(self.last_epoch - self.start_epoch, 0), span)
+        return [self.eta_min + (lr - self.eta_min) * (1 + math.cos(math.pi * t / span)) / 2 for lr in starts]
+
+    def replan(self, end_epoch: int) -> bool:
+        """End at ``end_epoch`` instead, from the current epoch and rates; False if already so."""
+        if end_epoch == self.T_max:
+            return False
+        self.start_epoch, self.start_lrs = self.last_epoch, list(self.get_last_lr())
+        self.T_max = max(end_epoch, self.last_epoch + 1)
+        return True
