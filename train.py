@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from alexnet.checkpoints import check_compatible, read_checkpoint, resolve_ckpt_path
 from alexnet.cli import check_run_dir_writable, inherit_run_overrides
-from alexnet.config import build_datamodule, validate
+from alexnet.config import build_datamodule, check_tower_classes, validate
 from alexnet.errors import ConfigError, TrainingError
 from alexnet.faults import EXIT_SIGTERM, check_class_count
 from alexnet.system import AlexNetSystem
@@ -41,6 +41,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
         check_compatible(read_checkpoint(ckpt), ckpt, model, num_classes)
         log.info("resuming from %s", ckpt)
     check_class_count(num_classes, datamodule.num_classes)  # labels out of range, before any batch
+    check_tower_classes(cfg, num_classes)
 
     system = AlexNetSystem(
         model=model,

@@ -48,11 +48,46 @@ def validate(cfg: DictConfig) -> None:
         _check(strategy in ("auto", "ddp", None), "trainer.strategy",
                f"model=paper_dual_gpu brings its own strategy (alexnet.parallel); leave it `auto`, got {strategy!r}")
         devices = cfg.trainer.get("devices")
-        _check(not isinstance(devices, int) or devices in (-1, 1) or devices % 2 == 0, "trainer.devices",
-               f"model=paper_dual_gpu puts one tower on each device: give an even number of devices, got {devices}")
+        count = device_count(cfg.trainer)
+        _check(count is None or count == 1 or count % 2 == 0, "trainer.devices",
+               f"model=paper_dual_gpu puts one tower on each device: give an even number of devices, got {devices}"
+               + (f" ({count} devices here)" if count != devices else ""))
 
     ckpt = cfg.get("ckpt_path")
     _check(ckpt is None or isinstance(ckpt, str), "ckpt_path", f"must be a path, `last` or `auto`, got {ckpt!r}")
+
+
+def device_count(trainer: DictConfig) -> int | None:
+    """The devices per node that ``trainer.devices`` asks for, or None if it cannot tell.
+
+    ``-1`` and ``auto`` mean every GPU of this node when training on CUDA.
+    """
+    devices = trainer.get("devices", "auto")
+    if isinstance(devices, str) and devices.strip() not in ("auto", "-1"):
+        devices = [d for d in devices.split(",") if d.strip()] if "," in devices else int(devices)
+    if OmegaConf.is_list(devices) or isinstance(devices, (list, tuple)):
+        return len(devices)
+    if devices in (-1, "-1", "auto"):
+        import torch
+
+        accelerator = trainer.get("accelerator", "auto")
+        on_cuda = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+        return torch.cuda.device_count() if on_cuda else (1 if devices == "auto" else None)
+    return int(devices)
+
+
+def check_tower_classes(cfg: DictConfig, num_classes: int) -> None:
+    """``model=paper_dual_gpu`` on two or more devices halves fc8: the classes must split in two."""
+    if cfg.model.name != "paper_dual_gpu" or num_classes % 2 == 0:
+        return
+    count = device_count(cfg.trainer)
+    if (count or 1) > 1 or cfg.trainer.get("num_nodes", 1) > 1:
+        raise ConfigError(
+            "model.num_classes",
+            f"model=paper_dual_gpu on {count} devices gives each tower half of fc8's outputs, but the data has "
+            f"{num_classes} classes, an odd number: train it on one device (trainer.devices=1), or with "
+            "model=paper_grouped",
+        )
 
 
 def build_datamodule(data: DictConfig, **kwargs):

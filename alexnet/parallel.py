@@ -29,7 +29,7 @@ from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.trainer.states import TrainerFn
 from torch.distributed.device_mesh import init_device_mesh
 
-from .towers import TOWERS, Tower, all_gather_cat, split_towers
+from .towers import TOWERS, Tower, all_gather_cat, check_same_input, split_towers
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,7 @@ class TowerParallelStrategy(DDPStrategy):
         self.device_mesh = None
         self.tower_group = None
         self.tower_rank, self.data_parallel_rank, self.data_parallel_size = 0, 0, 1
+        self._check_next_batch = True
 
     # -- the mesh ---------------------------------------------------------
     def setup_environment(self) -> None:
@@ -89,6 +90,19 @@ class TowerParallelStrategy(DDPStrategy):
         """Replace ``system.net`` (the grouped network) by this rank's tower, once."""
         if self.split and not isinstance(system.net, Tower):
             system.net = Tower(system.net, self.tower_rank, self.tower_group, self.towers)
+
+    # -- the towers read the same batches ----------------------------------
+    def on_train_start(self) -> None:
+        super().on_train_start()
+        self._check_next_batch = True  # the first batch of a fit, resumed or not
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        super().on_train_batch_start(batch, batch_idx)
+        # The first training batch of every epoch and of every (re)start: the
+        # towers' data streams are in step there, or training stops.
+        if self.split and (self._check_next_batch or batch_idx == 0):
+            check_same_input(self.tower_group, batch[0], batch[1])
+            self._check_next_batch = False
 
     # -- set-up -----------------------------------------------------------
     def setup(self, trainer) -> None:

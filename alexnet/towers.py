@@ -188,16 +188,7 @@ class Tower(nn.Module):
         return gather_towers(x, self.group)
 
     def _check_same_input(self, x: torch.Tensor) -> None:
-        # The towers must see the same images; a fingerprint of the first
-        # batch catches data streams that are not in step, which would
-        # otherwise train silently on mismatched halves.
-        fingerprint = torch.stack([x.double().sum(), x.double().square().sum()])
-        prints = all_gather_cat(fingerprint[None], self.group)  # (towers, 2)
-        if not all(torch.allclose(p, prints[0]) for p in prints):
-            raise RuntimeError(
-                f"the towers received different input batches ({[p.tolist() for p in prints]}): "
-                "the ranks of one model-parallel group must read the same data"
-            )
+        check_same_input(self.group, x)
         self._checked_inputs = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -216,14 +207,36 @@ class Tower(nn.Module):
         return self.features[0]
 
 
+def check_same_input(group, *tensors: torch.Tensor) -> None:
+    """The towers of ``group`` must see the same images: compare fingerprints of
+    ``tensors`` (a batch's images, and labels), and stop if they differ.
+
+    A stream out of step would otherwise train silently on mismatched halves.
+    """
+    fingerprint = torch.stack([s for t in tensors for s in (t.double().sum(), t.double().square().sum())])
+    prints = all_gather_cat(fingerprint[None], group)  # (towers, 2 per tensor)
+    if not all(torch.allclose(p, prints[0]) for p in prints):
+        raise RuntimeError(
+            f"the towers received different input batches ({[p.tolist() for p in prints]}): "
+            "the ranks of one model-parallel group must read the same data"
+        )
+
+
 def clip_grad_norm_towers(parameters, max_norm: float, group) -> torch.Tensor:
     """``torch.nn.utils.clip_grad_norm_`` for a tower: the norm is the whole
-    network's, over both towers' gradients, so every tower scales alike."""
+    network's, over both towers' gradients, so every tower scales alike.
+
+    A tower without gradients (a skipped batch) still joins the all-reduce.
+    """
+    parameters = list(parameters)
     grads = [p.grad for p in parameters if p.grad is not None]
-    squares = torch.stack([g.detach().float().square().sum() for g in grads]).sum()
+    squares = torch.zeros((), device=parameters[0].device)
+    if grads:
+        squares = torch.stack([g.detach().float().square().sum() for g in grads]).sum()
     dist.all_reduce(squares, group=group)
     norm = squares.sqrt()
-    torch._foreach_mul_(grads, (max_norm / (norm + 1e-6)).clamp(max=1.0).to(grads[0].dtype))
+    if grads:
+        torch._foreach_mul_(grads, (max_norm / (norm + 1e-6)).clamp(max=1.0).to(grads[0].dtype))
     return norm
 
 
@@ -238,4 +251,4 @@ def merge_towers(states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tenso
     return {k: (torch.cat([s[k] for s in states]) if v.ndim else v) for k, v in states[0].items()}
 
 
-__all__ = ["TOWERS", "Tower", "TowerDropout", "all_gather_cat", "clip_grad_norm_towers", "gather_towers", "merge_towers", "split_towers"]
+__all__ = ["TOWERS", "Tower", "TowerDropout", "all_gather_cat", "check_same_input", "clip_grad_norm_towers", "gather_towers", "merge_towers", "split_towers"]

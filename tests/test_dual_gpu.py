@@ -6,12 +6,16 @@ Each test runs the real command line. The network is the paper's, at a
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 import torch
 from conftest import run_cli
+from data_fixtures import image_tree
 from test_train import REQUIRED_TAGS, scalars, summary_line
+
+from alexnet.errors import ConfigError
 
 DUAL = [
     "model=paper_dual_gpu",
@@ -141,3 +145,39 @@ def test_on_one_device_it_trains_the_grouped_network_and_says_so(tmp_path):
     args = [a for a in DUAL if a != "trainer.devices=2"]
     result = train(run, *args, "trainer.limit_train_batches=2", "trainer.limit_val_batches=1", "test_after_fit=false")
     assert (result.stdout + result.stderr).count("on one device: training the grouped network (groups=2)") == 1
+
+
+def test_an_odd_class_count_on_two_devices_is_refused_before_training(tmp_path):
+    # fc8 is halved between the towers: 3 classes do not split.
+    data = image_tree(tmp_path / "data", classes=("a", "b", "c"), per_class=2, size=(140, 132))
+    folder = ["data=folder", f"data.root={data}", "data.resize_size=132", "data.num_workers=0"]
+    dual = [a for a in DUAL if not a.startswith(("data.num_train", "data.num_val"))]
+    result = run_cli("train.py", f"hydra.run.dir={tmp_path / 'run'}", *dual, *folder)
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "error: model.num_classes: model=paper_dual_gpu on 2 devices gives each tower half of fc8's outputs, " \
+           "but the data has 3 classes" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_all_gpus_of_a_node_with_an_odd_count_are_refused_naming_trainer_devices(monkeypatch):
+    from conftest import compose_config
+
+    from alexnet.config import validate
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 3)
+    with pytest.raises(ConfigError, match=r"trainer\.devices: model=paper_dual_gpu puts one tower on each device: "
+                                          r"give an even number of devices, got -1 \(3 devices here\)"):
+        validate(compose_config("model=paper_dual_gpu", "trainer=ddp"))  # devices: -1, every GPU
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    validate(compose_config("model=paper_dual_gpu", "trainer=ddp"))
+
+
+def test_skipped_non_finite_batches_with_clipping_across_the_towers_do_not_crash(tmp_path):
+    # A skipped batch leaves no gradients; clipping over both towers must still meet in its all-reduce.
+    result = train(tmp_path / "run", *DUAL, "optim.lr=1e10", "nonfinite_loss=skip", "trainer.gradient_clip_val=1.0",
+                   "test_after_fit=false")
+    assert "Traceback" not in result.stderr
+    assert re.search(r"skipped the batch of training step \d+ \(epoch 0\)", result.stdout + result.stderr)
+    assert load(tmp_path / "run" / "checkpoints" / "last.ckpt")["callbacks"]["NonFiniteGuard"]["skipped"] >= 1

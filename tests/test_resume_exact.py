@@ -76,3 +76,68 @@ def test_a_run_stopped_mid_epoch_resumes_to_the_uninterrupted_runs_weights_and_m
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resuming from a checkpoint that ended before the epoch ended" not in resumed.stderr  # Lightning's warning
     assert_same_training(final_state(run), uninterrupted[processes])
+
+
+# ---------------------------------------------------------------- extending a run, older checkpoints
+
+
+def test_extending_a_finished_cosine_run_anneals_on_to_the_floor_and_never_raises_the_rate(tmp_path):
+    from conftest import TINY, compose_config
+    from test_train import scalars
+
+    import train as train_script
+
+    base = [*TINY, "optim.schedule=cosine", "optim.min_lr=1e-4", "test_after_fit=false", "trainer.num_sanity_val_steps=0"]
+    train_script.train(compose_config(*base, "trainer.max_epochs=3"), tmp_path)
+    stopped = final_state(tmp_path)["lr_schedulers"][0]["_last_lr"][0]
+    assert stopped == pytest.approx(1e-4)  # the first plan ended at its floor
+    train_script.train(compose_config(*base, "trainer.max_epochs=5", "ckpt_path=last"), tmp_path)
+    rates = [v for _, v in scalars(tmp_path)["lr"]]  # one per epoch
+    assert len(rates) == 5
+    assert all(later <= earlier for earlier, later in zip(rates, rates[1:])), rates
+    assert final_state(tmp_path)["lr_schedulers"][0]["_last_lr"][0] == pytest.approx(1e-4)
+
+
+def test_extending_a_cosine_run_stopped_half_way_anneals_from_where_it_stood(tmp_path):
+    from alexnet.optim import CosineToEnd
+
+    weight = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([weight], lr=0.1)
+    schedule = CosineToEnd(optimizer, T_max=10, eta_min=0.0)
+    for _ in range(5):
+        optimizer.step()
+        schedule.step()
+    assert schedule.get_last_lr()[0] == pytest.approx(0.05)  # half-way down a 10-epoch plan
+    state = schedule.state_dict()
+    resumed = CosineToEnd(torch.optim.SGD([weight], lr=0.1), T_max=20)
+    resumed.load_state_dict(state)
+    assert resumed.replan(20)
+    rates = []
+    for _ in range(15):
+        resumed.optimizer.step()
+        resumed.step()
+        rates.append(resumed.get_last_lr()[0])
+    assert rates[0] < 0.05 and rates[0] > 0.049  # no jump: on from 0.05
+    assert all(b <= a for a, b in zip(rates, rates[1:]))
+    assert rates[-1] == pytest.approx(0.0, abs=1e-12)  # the floor at epoch 20
+
+
+def test_a_checkpoint_from_before_exact_resume_still_resumes_with_one_warning(tmp_path):
+    from conftest import TINY, compose_config
+
+    import train as train_script
+    from alexnet.checkpoint_io import atomic_torch_save
+
+    cfg = [*TINY, "trainer.max_epochs=1", "checkpoint.every_n_train_steps=3", "test_after_fit=false"]
+    train_script.train(compose_config(*cfg), tmp_path)
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    old = torch.load(last, map_location="cpu", weights_only=False)
+    # What the earlier code wrote: the DataModule's shuffle generator, no loader position.
+    name = next(k for k in old if k.endswith("DataModule"))
+    old[name] = {"shuffle_generator": torch.Generator().get_state()}
+    old["loops"]["fit_loop"].pop("combined_loader", None)
+    atomic_torch_save(old, last)
+    with pytest.warns(UserWarning, match=r"written before training order and augmentation became functions of "
+                      r"\(seed, epoch, index\): the run resumes, but the order of the epoch it stopped in restarts"):
+        train_script.train(compose_config(*cfg, "trainer.max_epochs=2", "ckpt_path=last"), tmp_path)
+    assert final_state(tmp_path)["global_step"] == 2 * 8
