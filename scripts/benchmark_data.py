@@ -42,6 +42,7 @@ from alexnet.data.shapes import generate_shapes  # noqa: E402
 from alexnet.data.augment import Lighting  # noqa: E402
 from alexnet.data.folder import ImageFiles, collate_skipping_bad, list_samples  # noqa: E402
 from alexnet.data.presets import IMAGENET_MEAN, IMAGENET_STD, BatchTrainAugment, Normalization  # noqa: E402
+from alexnet.data.sampling import EpochSampler, batch_draws  # noqa: E402
 
 
 def make_jpegs(root: Path, n: int) -> None:
@@ -69,17 +70,22 @@ def torchvision_preset(crop: int = 224) -> v2.Compose:
     ])
 
 
-def time_loader(dataset, batch_size: int, after=None, device="cpu") -> tuple[float, float]:
-    """Seconds spent in the loader (one process) and in `after` on the device, per pass."""
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=0, collate_fn=collate_skipping_bad)
+def time_loader(dataset, batch_size: int, after=None, device="cpu", train: bool = True) -> tuple[float, float]:
+    """Seconds spent in the loader (one process) and in `after` on the device, per pass.
+
+    ``train``: the training path, keys (index, epoch) from the trainer's sampler, so each
+    image's random draws are made as in training; else plain indices.
+    """
+    sampler = EpochSampler(dataset, num_replicas=1, rank=0, seed=0) if train else None
+    loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=0, collate_fn=collate_skipping_bad)
     load = device_time = 0.0
     start = time.perf_counter()
-    for x, _, _ in loader:
+    for batch in loader:
         load += time.perf_counter() - start
         if after is not None:
-            x = x.to(device)
+            x, draws = batch.x.to(device), batch.draws
             t = time.perf_counter()
-            after(x)
+            after(x, draws)
             if device == "cuda":
                 torch.cuda.synchronize()
             device_time += time.perf_counter() - t
@@ -136,7 +142,7 @@ def measure(images: int, repeats: int, batch_size: int, device: str) -> dict[str
             load, dev = time_loader(batched.train_set, batch_size, augment, device)
             rows["paper, batched"].append(n / (load + dev))
             rows["  of which the worker part"].append(n / load)  # what a worker sustains when a GPU does the rest
-            load, _ = time_loader(rrc, batch_size)
+            load, _ = time_loader(rrc, batch_size, train=False)  # its own random draws
             rows["torchvision RandomResizedCrop"].append(n / load)
 
         # In-memory 32x32 data (CIFAR, shapes): only the batched augmentation runs.
@@ -145,8 +151,8 @@ def measure(images: int, repeats: int, batch_size: int, device: str) -> dict[str
         rates = []
         for _ in range(repeats):
             t = time.perf_counter()
-            for batch in small.split(128):
-                cifar(batch)
+            for i, batch in enumerate(small.split(128)):  # each image's draws made as in training
+                cifar(batch, batch_draws(0, 0, range(128 * i, 128 * i + len(batch))))
             if device == "cuda":
                 torch.cuda.synchronize()
             rates.append(len(small) / (time.perf_counter() - t))
