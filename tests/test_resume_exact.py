@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import signal
 
+import lightning as L
 import pytest
 import torch
 from test_sampling import QUIET, folder_dataset, run_recording
@@ -141,3 +142,42 @@ def test_a_checkpoint_from_before_exact_resume_still_resumes_with_one_warning(tm
                       r"\(seed, epoch, index\): the run resumes, but the order of the epoch it stopped in restarts"):
         train_script.train(compose_config(*cfg, "trainer.max_epochs=2", "ckpt_path=last"), tmp_path)
     assert final_state(tmp_path)["global_step"] == 2 * 8
+
+
+def test_a_loader_built_before_the_checkpoint_is_restored_stops_the_run_instead_of_drawing_other_batches(tmp_path, monkeypatch):
+    # Lightning issue #20550: configure_optimizers reading trainer.estimated_stepping_batches builds the
+    # training loader before the checkpoint is restored, so the loader's saved position would be dropped.
+    from conftest import TINY, compose_config
+
+    import train as train_script
+    from alexnet.errors import TrainingError
+    from alexnet.system import AlexNetSystem
+
+    from test_faults import add_callback
+
+    class Crash(Exception):
+        pass
+
+    class CrashAtStep10(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if trainer.global_step == 10:
+                raise Crash
+
+    cfg = [*TINY, "trainer.max_epochs=2", "checkpoint.every_n_train_steps=3", "test_after_fit=false"]
+    add_callback(monkeypatch, CrashAtStep10())
+    with pytest.raises(Crash):
+        train_script.train(compose_config(*cfg), tmp_path)  # 8 steps an epoch
+    monkeypatch.undo()
+    assert final_state(tmp_path)["global_step"] == 9  # the step save in the middle of the second epoch
+    configure = AlexNetSystem.configure_optimizers
+
+    def reads_the_stepping_batches(self):
+        assert self.trainer.estimated_stepping_batches > 0
+        return configure(self)
+
+    monkeypatch.setattr(AlexNetSystem, "configure_optimizers", reads_the_stepping_batches)
+    with pytest.raises(TrainingError, match=r"built before the checkpoint was restored .*Lightning issue #20550"):
+        train_script.train(compose_config(*cfg, "ckpt_path=last"), tmp_path)
+    monkeypatch.undo()
+    train_script.train(compose_config(*cfg, "ckpt_path=last"), tmp_path)  # without it, the run resumes and ends
+    assert final_state(tmp_path)["global_step"] == 16

@@ -139,6 +139,8 @@ def test_an_images_crop_flip_and_lighting_depend_on_seed_epoch_and_index_alone(s
     again = dm.train_set[key]
     assert torch.equal(first[0], again[0]) and torch.equal(first[3], again[3])
     assert torch.equal(first[3], sample_draws(0, 3, 5))
+    together = dm.train_set.__getitems__([(6, 3), (5, 3), (5, 2)])  # as the DataLoader fetches a batch
+    assert torch.equal(together[1][0], first[0]) and torch.equal(together[1][3], first[3])
     assert not torch.equal(sample_draws(0, 3, 5), sample_draws(0, 2, 5))
     assert not torch.equal(sample_draws(0, 3, 5), sample_draws(1, 3, 5))
     # Over many images every crop offset of the 36-pixel square appears.

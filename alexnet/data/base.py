@@ -116,6 +116,7 @@ class AlexNetDataModule(L.LightningDataModule):
         # The sample indices of the training batch last handed to the model (for callbacks).
         self.batch_indices: torch.Tensor | None = None
         self.train_sampler: EpochSampler | None = None
+        self._first_batch = False
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
 
@@ -178,14 +179,22 @@ class AlexNetDataModule(L.LightningDataModule):
         # the DataModule sets it when building the loader. Something that builds the
         # loader before the checkpoint is restored (Lightning issue #20550: reading
         # trainer.estimated_stepping_batches in configure_optimizers) would train on
-        # another epoch's order, and the loader's saved position would be ignored.
-        epoch = self.trainer.fit_loop.epoch_progress.current.processed
+        # another epoch's order, or ignore the loader's saved position: stop instead.
+        fit_loop = self.trainer.fit_loop
+        epoch = fit_loop.epoch_progress.current.processed
         drawn = self.train_sampler.iterated_epoch if self.train_sampler is not None else epoch
-        if drawn != epoch:
+        pending = False
+        if self._first_batch:  # of this fit: a mid-epoch resume must have handed the loader its position
+            self._first_batch = False
+            # (private: the position Lightning read from the checkpoint and has not given the loader;
+            # tests/test_resume_exact.py fails if Lightning renames it)
+            mid_epoch = fit_loop.epoch_loop.batch_progress.current.ready > 0
+            pending = mid_epoch and bool(fit_loop._combined_loader_states_to_load)
+        if drawn != epoch or pending:
             raise TrainingError(
-                f"the training loader drew the order of epoch {drawn} for epoch {epoch}: it was built before "
-                "the checkpoint was restored (is trainer.estimated_stepping_batches read in configure_optimizers? "
-                "Lightning issue #20550)"
+                f"the training loader was built before the checkpoint was restored (it drew epoch {drawn}'s order "
+                f"for epoch {epoch}{', and its saved position was not loaded' if pending else ''}): is "
+                "trainer.estimated_stepping_batches read in configure_optimizers? (Lightning issue #20550)"
             )
 
     def _batch_transform(self):
@@ -226,6 +235,7 @@ class AlexNetDataModule(L.LightningDataModule):
             return DataLoader(dataset, shuffle=False, **common)
         rank, size = data_parallel(self.trainer)
         self.train_sampler = EpochSampler(dataset, num_replicas=size, rank=rank, seed=self.seed)
+        self._first_batch = True
         # Lightning sets the epoch at each epoch's start, but only after its first
         # iter() of a resumed run, which already draws the order with workers.
         self.train_sampler.set_epoch(self._epoch())

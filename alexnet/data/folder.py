@@ -11,7 +11,7 @@ from torch.utils.data import Dataset, default_collate
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from ..errors import ConfigError
-from .sampling import Samples, sample_draws, split_key
+from .sampling import Samples, batch_draws, sample_draws, split_key
 
 
 def is_hidden(name: str) -> bool:
@@ -122,8 +122,20 @@ class ImageFiles(Dataset):
 
     def __getitem__(self, key):
         index, epoch = split_key(key)
+        return self._item(index, None if epoch is None else sample_draws(self.seed, epoch, index))
+
+    def __getitems__(self, keys) -> list:
+        """A batch's samples; the draws of its images are made in one vectorised call."""
+        pairs = [split_key(k) for k in keys]
+        epochs = {epoch for _, epoch in pairs}
+        draws = {}
+        for epoch in epochs - {None}:
+            indices = [i for i, e in pairs if e == epoch]
+            draws.update(((i, epoch), d) for i, d in zip(indices, batch_draws(self.seed, epoch, indices)))
+        return [self._item(i, draws.get((i, e))) for i, e in pairs]
+
+    def _item(self, index: int, draws: torch.Tensor | None):
         path, label = self.samples[index]
-        draws = None if epoch is None else sample_draws(self.seed, epoch, index)
         try:
             image = load_rgb(path, self.min_size)
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
