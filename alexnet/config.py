@@ -51,6 +51,9 @@ def validate(cfg: DictConfig) -> None:
         _check(not isinstance(devices, int) or devices in (-1, 1) or devices % 2 == 0, "trainer.devices",
                f"model=paper_dual_gpu puts one tower on each device: give an even number of devices, got {devices}")
 
+    tf32 = cfg.get("tf32", False)
+    _check(isinstance(tf32, bool), "tf32", f"must be true or false, got {tf32!r}")
+
     ckpt = cfg.get("ckpt_path")
     _check(ckpt is None or isinstance(ckpt, str), "ckpt_path", f"must be a path, `last` or `auto`, got {ckpt!r}")
 

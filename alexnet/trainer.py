@@ -16,6 +16,7 @@ from .checkpoints import CHECKPOINT_DIR, LAST
 from .fast_path import configure as fast_path_callbacks
 from .faults import fault_callbacks
 from .parallel import TowerParallelStrategy
+from .precision import Precision
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,8 @@ def build_trainer(cfg: DictConfig, run_dir: Path) -> L.Trainer:
         callbacks.append(ModelCheckpoint(**last, every_n_train_steps=cfg.checkpoint.every_n_train_steps))
     callbacks += fault_callbacks(cfg.nonfinite_loss, run_dir / CHECKPOINT_DIR / LAST)
     trainer_args = OmegaConf.to_container(cfg.trainer, resolve=True)
-    callbacks += fast_path_callbacks(cfg.get("fast_path"), trainer_args)  # may set precision, benchmark
+    callbacks += fast_path_callbacks(cfg.get("fast_path"), trainer_args)  # may set benchmark, never precision
+    callbacks.append(Precision(tf32=cfg.get("tf32", False)))  # TF32 as asked; logs a run that is not float32
     if trainer_args.get("enable_progress_bar", True):
         callbacks.append(ThroughputProgressBar())
     if cfg.model.name == "paper_dual_gpu":
