@@ -26,6 +26,11 @@ def validate(cfg: DictConfig) -> None:
     _check(optim.schedule in SCHEDULES, "optim.schedule", f"must be one of {list(SCHEDULES)}, got {optim.schedule!r}")
     _check(0 < optim.factor < 1, "optim.factor", f"must be in (0, 1), got {optim.factor}")
     _check(optim.patience >= 0, "optim.patience", f"must be >= 0, got {optim.patience}")
+    _check(optim.threshold >= 0, "optim.threshold", f"must be >= 0, got {optim.threshold}")
+    drops = optim.get("max_drops")
+    _check(drops is None or (isinstance(drops, int) and not isinstance(drops, bool) and drops >= 0), "optim.max_drops",
+           f"must be an integer >= 0, or null for no cap, got {drops!r}")
+    _check(optim.min_lr >= 0, "optim.min_lr", f"must be >= 0, got {optim.min_lr}")
     _check(optim.step_size >= 1, "optim.step_size", f"must be >= 1, got {optim.step_size}")
     _check(optim.warmup_epochs >= 0, "optim.warmup_epochs", f"must be >= 0, got {optim.warmup_epochs}")
 
