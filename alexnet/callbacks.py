@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import math
 import time
 
 import lightning as L
@@ -10,6 +12,10 @@ import torch.nn.functional as F
 from lightning.pytorch.callbacks import RichProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
 from torchvision.utils import make_grid
+
+from .models import resolve_options
+
+log = logging.getLogger(__name__)
 
 
 def conv1_kernel_grids(weight: torch.Tensor, towers: int = 1, scale: int = 3) -> list[torch.Tensor]:
@@ -36,6 +42,60 @@ class Conv1Kernels(L.Callback):
             if isinstance(logger, TensorBoardLogger):
                 for tower, grid in enumerate(conv1_kernel_grids(weight, towers), start=1):
                     logger.experiment.add_image(f"conv1_kernels/tower_{tower}", grid, trainer.global_step)
+
+
+class FlatStart(L.Callback):
+    """Warns once when the training loss sits at chance: its running mean within
+    ``tolerance`` of ln(classes) for ``steps`` training steps in a row.
+
+    Section 5's initialisation (weights N(0, 0.01), biases 1) relies on the
+    paper's raw 0-255 inputs; on other data a network can sit at chance for
+    epochs (SPEC.md: Caffe found bias 1 gave a flat loss), and the warning says
+    so and what to try. The loss is smoothed over about ten steps (an
+    exponential moving average): a network stuck at chance jitters around and
+    above ln(classes) from batch to batch. It watches the start only: once the
+    smoothed loss has fallen below the band it stops looking (and reading the loss).
+
+    Args:
+        steps: steps in a row at chance before the warning (the config key ``flat_start_steps``).
+        tolerance: the band around ln(classes), as a fraction of it ("a few percent").
+        smoothing: the weight of the running mean's past at each step.
+    """
+
+    def __init__(self, steps: int, tolerance: float = 0.05, smoothing: float = 0.9) -> None:
+        if steps < 1 or not 0 < tolerance < 1 or not 0 <= smoothing < 1:
+            raise ValueError(f"FlatStart needs steps >= 1, 0 < tolerance < 1, 0 <= smoothing < 1, "
+                             f"got {steps}, {tolerance}, {smoothing}")
+        self.steps, self.tolerance, self.smoothing = steps, tolerance, smoothing
+        self.loss: float | None = None  # the running mean
+        self.flat = 0  # steps in a row at chance
+        self.done = False  # warned, or the loss has left chance downwards
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        if self.done or loss is None:  # (a batch skipped for a non-finite loss has none)
+            return
+        chance = math.log(pl_module.hparams.num_classes)
+        value = float(loss)
+        self.loss = value if self.loss is None else self.smoothing * self.loss + (1 - self.smoothing) * value
+        if self.loss < chance * (1 - self.tolerance):
+            self.done = True  # it learns
+            return
+        self.flat = self.flat + 1 if self.loss <= chance * (1 + self.tolerance) else 0
+        if self.flat >= self.steps:
+            self.done = True
+            if trainer.is_global_zero:
+                log.warning("%s", self.message(pl_module, chance))
+
+    def message(self, pl_module, chance: float) -> str:
+        model = dict(pl_module.hparams.model)
+        init = resolve_options(model.pop("name"), **{k: v for k, v in model.items() if k != "num_classes"})["init"]
+        flat = (f"the training loss has stayed within {self.tolerance:.0%} of ln({pl_module.hparams.num_classes}) = "
+                f"{chance:.3f}, chance, for {self.flat} steps (now {self.loss:.3f}): the network is not learning yet")
+        if init == "paper":
+            return (f"{flat}. Likely cause: model.init=paper (Section 5: N(0, 0.01) weights, biases 1) on this data, "
+                    "which can sit at chance for epochs; model.init=caffe or model.init=kaiming start sooner")
+        return f"{flat} (model.init={init}); check optim.lr and data.normalize"
 
 
 class ThroughputProgressBar(RichProgressBar):

@@ -56,6 +56,9 @@ def validate(cfg: DictConfig) -> None:
         _check(not isinstance(devices, int) or devices in (-1, 1) or devices % 2 == 0, "trainer.devices",
                f"model=paper_dual_gpu puts one tower on each device: give an even number of devices, got {devices}")
 
+    flat = cfg.get("flat_start_steps")
+    _check(flat is None or (isinstance(flat, int) and not isinstance(flat, bool) and flat >= 0), "flat_start_steps",
+           f"must be an integer >= 0, or null to never warn, got {flat!r}")
     tf32 = cfg.get("tf32", False)
     _check(isinstance(tf32, bool), "tf32", f"must be true or false, got {tf32!r}")
 
