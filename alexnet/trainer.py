@@ -10,7 +10,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
-from .callbacks import Conv1Kernels, FlatStart, ThroughputProgressBar
+from .callbacks import Conv1Kernels, FlatStart, LRNStrength, ThroughputProgressBar
 from .checkpoint_io import AtomicCheckpointIO
 from .checkpoints import CHECKPOINT_DIR, LAST
 from .fast_path import configure as fast_path_callbacks
@@ -47,7 +47,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path) -> L.Trainer:
     last = dict(dirpath=run_dir / CHECKPOINT_DIR, filename=LAST.removesuffix(".ckpt"), monitor=None, save_top_k=1,
                 enable_version_counter=False)
     callbacks = [checkpoints, ModelCheckpoint(**last, every_n_epochs=cfg.checkpoint.every_n_epochs),
-                 LearningRateMonitor(logging_interval="epoch"), Conv1Kernels()]
+                 LearningRateMonitor(logging_interval="epoch"), Conv1Kernels(), LRNStrength()]
     if cfg.get("flat_start_steps"):
         callbacks.append(FlatStart(cfg.flat_start_steps))  # warns once if the loss sits at chance
     if cfg.checkpoint.every_n_train_steps:

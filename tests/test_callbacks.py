@@ -1,4 +1,4 @@
-"""What a run tells its user: a start flat at chance."""
+"""What a run tells its user: a start flat at chance, and how much each LRN layer does (Section 3.3)."""
 
 from __future__ import annotations
 
@@ -6,12 +6,20 @@ import logging
 import math
 from types import SimpleNamespace
 
+import lightning as L
 import pytest
 import torch
 from conftest import TINY, compose_config
+from torch.utils.data import DataLoader, TensorDataset
 
 import train as train_script
-from alexnet.callbacks import FlatStart
+from alexnet.callbacks import FlatStart, LRNProbe, LRNStrength, lrn_layers
+from alexnet.data.presets import Normalization
+from alexnet.data.shapes import generate_shapes
+from alexnet.layers import LocalResponseNorm
+from alexnet.models import create
+from alexnet.system import AlexNetSystem
+from alexnet.towers import Tower
 
 LN10 = math.log(10)
 
@@ -92,3 +100,75 @@ def test_a_real_run_at_chance_with_the_paper_init_warns(caplog, tmp_path):
         train_script.train(cfg, tmp_path)
     (line,) = warnings_of(caplog)
     assert "for 12 steps" in line and "model.init=paper" in line
+
+
+# ---------------------------------------------------------------- LRN strength
+
+
+def test_lrn_layers_are_named_by_the_convolution_they_follow():
+    assert list(lrn_layers(create("cifar"))) == ["conv1", "conv2"]  # pooled before LRN: still conv1, conv2
+    assert list(lrn_layers(create("torchvision"))) == []
+    grouped = create("paper_grouped")
+    assert list(lrn_layers(grouped)) == ["conv1", "conv2"]
+    assert list(lrn_layers(Tower(grouped, tower=0))) == ["conv1", "conv2"]  # each tower has its own
+
+
+def test_the_strength_is_the_mean_of_k_over_k_plus_alpha_times_the_window_sum_to_the_beta():
+    lrn = LocalResponseNorm(5, 1e-4, 0.75, 2.0, convention="paper")
+    c = 40.0
+    x = torch.full((1, 5, 1, 1), c)  # equal inputs: the windows hold 3, 4, 5, 4, 3 channels
+    with LRNProbe(lrn) as probe:
+        lrn(x)
+    expected = sum((2 / (2 + 1e-4 * m * c**2)) ** 0.75 for m in (3, 4, 5, 4, 3)) / 5
+    assert probe.strengths()["conv0"] == pytest.approx(expected, rel=1e-5)
+    with LRNProbe(lrn) as probe:
+        lrn(torch.full((1, 5, 1, 1), 1e-3))
+    assert probe.strengths()["conv0"] == pytest.approx(1.0, abs=1e-7)  # LRN only divides by k^beta
+
+
+def strengths(net, images: torch.Tensor, kind: str) -> dict[str, float]:
+    with torch.no_grad(), LRNProbe(net) as probe:
+        net.train()(Normalization(kind)(images))
+    return probe.strengths()
+
+
+@pytest.fixture(scope="module")
+def shapes_224() -> torch.Tensor:
+    return generate_shapes(8, size=224, seed=0)[0]  # uint8 (8, 3, 224, 224)
+
+
+def test_lrn_does_nothing_on_standardised_inputs_and_bites_on_the_papers_raw_inputs(shapes_224):
+    # SPEC.md: "LRN only bites when activations are large: the paper feeds raw 0-255 pixel
+    # values minus the mean; on 0-1 or standardised inputs it is nearly a constant division".
+    torch.manual_seed(0)
+    net = create("paper_grouped", 10, init="paper")
+    standardised = strengths(net, shapes_224, "imagenet")
+    raw = strengths(net, shapes_224, "paper")
+    assert set(standardised) == set(raw) == {"conv1", "conv2"}
+    assert all(s > 0.999 for s in standardised.values()), standardised
+    assert raw["conv1"] < 0.98, raw  # measured 0.97 at the paper's init, on these images
+    assert 1 - raw["conv1"] > 20 * (1 - standardised["conv1"])
+
+
+def test_with_larger_weights_the_raw_inputs_make_lrn_bite_hard(shapes_224):
+    torch.manual_seed(0)
+    raw = strengths(create("paper_grouped", 10, init="kaiming"), shapes_224, "paper")
+    assert raw["conv1"] < 0.6 and raw["conv2"] < 0.95, raw
+
+
+def fit_one_epoch(model: str) -> L.Trainer:
+    torch.manual_seed(0)
+    system = AlexNetSystem(model={"name": model}, optim={"lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4,
+                                                         "schedule": "constant"}, num_classes=10)
+    data = TensorDataset(torch.randn(16, 3, 32, 32), torch.randint(0, 10, (16,)))
+    trainer = L.Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, callbacks=[LRNStrength()])
+    trainer.fit(system, DataLoader(data, batch_size=8))
+    return trainer
+
+
+def test_the_callback_logs_each_lrn_layer_and_nothing_for_networks_without_lrn():
+    metrics = fit_one_epoch("cifar").callback_metrics
+    assert {"lrn/strength_conv1", "lrn/strength_conv2"} <= set(metrics)
+    assert all(0 < metrics[f"lrn/strength_{n}"] <= 1 for n in ("conv1", "conv2"))
+    assert not any(k.startswith("lrn/") for k in fit_one_epoch("simple_cifar").callback_metrics)
