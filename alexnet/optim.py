@@ -76,9 +76,9 @@ def warmup_factor(step: int, warmup_steps: int, start: float = 0.1) -> float:
 
 
 class PaperPlateau(ReduceLROnPlateau):
-    """Section 5's schedule: the learning rate divided by ``1 / factor`` "when the
-    validation error rate stopped improving with the current learning rate",
-    "three times prior to termination".
+    """Section 5's schedule: the learning rate multiplied by ``factor`` (0.1: "divide
+    the learning rate by 10") "when the validation error rate stopped improving
+    with the current learning rate", "three times prior to termination".
 
     torch's ReduceLROnPlateau (mode ``min``, relative ``threshold``) read as written:
 
