@@ -26,6 +26,11 @@ def validate(cfg: DictConfig) -> None:
     _check(optim.schedule in SCHEDULES, "optim.schedule", f"must be one of {list(SCHEDULES)}, got {optim.schedule!r}")
     _check(0 < optim.factor < 1, "optim.factor", f"must be in (0, 1), got {optim.factor}")
     _check(optim.patience >= 0, "optim.patience", f"must be >= 0, got {optim.patience}")
+    _check(optim.threshold >= 0, "optim.threshold", f"must be >= 0, got {optim.threshold}")
+    drops = optim.get("max_drops")
+    _check(drops is None or (isinstance(drops, int) and not isinstance(drops, bool) and drops >= 0), "optim.max_drops",
+           f"must be an integer >= 0, or null for no cap, got {drops!r}")
+    _check(optim.min_lr >= 0, "optim.min_lr", f"must be >= 0, got {optim.min_lr}")
     _check(optim.step_size >= 1, "optim.step_size", f"must be >= 1, got {optim.step_size}")
     _check(optim.warmup_epochs >= 0, "optim.warmup_epochs", f"must be >= 0, got {optim.warmup_epochs}")
 
@@ -52,6 +57,12 @@ def validate(cfg: DictConfig) -> None:
         _check(count is None or count == 1 or count % 2 == 0, "trainer.devices",
                f"model=paper_dual_gpu puts one tower on each device: give an even number of devices, got {devices}"
                + (f" ({count} devices here)" if count != devices else ""))
+
+    flat = cfg.get("flat_start_steps")
+    _check(flat is None or (isinstance(flat, int) and not isinstance(flat, bool) and flat >= 0), "flat_start_steps",
+           f"must be an integer >= 0, or null to never warn, got {flat!r}")
+    tf32 = cfg.get("tf32", False)
+    _check(isinstance(tf32, bool), "tf32", f"must be true or false, got {tf32!r}")
 
     ckpt = cfg.get("ckpt_path")
     _check(ckpt is None or isinstance(ckpt, str), "ckpt_path", f"must be a path, `last` or `auto`, got {ckpt!r}")

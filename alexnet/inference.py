@@ -35,3 +35,16 @@ def data_config(checkpoint: dict, cfg: DictConfig, overrides: list[str]) -> Dict
     if any(c.startswith("data.eval_crops=") for c in changes) and not any(c.startswith("data.test_crops=") for c in changes):
         changes.append("data.test_crops=null")  # asking for N crops here means N crops in the test
     return OmegaConf.merge(data, OmegaConf.from_dotlist([c.removeprefix("data.") for c in changes]))
+
+
+def run_precision(checkpoint: dict, cfg: DictConfig, overrides: list[str]) -> tuple[str, bool]:
+    """``(trainer.precision, tf32)`` to evaluate in: what the checkpoint's run trained in, unless
+    the command line gives ``trainer.precision=...`` (or ``tf32=...``).
+
+    A run trained in bf16 is evaluated in bf16, as it was validated during training.
+    """
+    given = {o.split("=", 1)[0].lstrip("+") for o in overrides if "=" in o}
+    stored = checkpoint.get("config") or {}
+    precision = cfg.trainer.precision if "trainer.precision" in given else stored.get("trainer", {}).get("precision", cfg.trainer.precision)
+    tf32 = cfg.get("tf32", False) if "tf32" in given else stored.get("tf32", False)
+    return str(precision), bool(tf32)

@@ -10,12 +10,13 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
-from .callbacks import Conv1Kernels, ThroughputProgressBar
+from .callbacks import Conv1Kernels, FlatStart, LRNStrength, ThroughputProgressBar
 from .checkpoint_io import AtomicCheckpointIO
 from .checkpoints import CHECKPOINT_DIR, LAST
 from .fast_path import configure as fast_path_callbacks
 from .faults import fault_callbacks
 from .parallel import TowerParallelStrategy
+from .precision import Precision
 
 log = logging.getLogger(__name__)
 
@@ -46,12 +47,15 @@ def build_trainer(cfg: DictConfig, run_dir: Path) -> L.Trainer:
     last = dict(dirpath=run_dir / CHECKPOINT_DIR, filename=LAST.removesuffix(".ckpt"), monitor=None, save_top_k=1,
                 enable_version_counter=False)
     callbacks = [checkpoints, ModelCheckpoint(**last, every_n_epochs=cfg.checkpoint.every_n_epochs),
-                 LearningRateMonitor(logging_interval="epoch"), Conv1Kernels()]
+                 LearningRateMonitor(logging_interval="epoch"), Conv1Kernels(), LRNStrength()]
+    if cfg.get("flat_start_steps"):
+        callbacks.append(FlatStart(cfg.flat_start_steps))  # warns once if the loss sits at chance
     if cfg.checkpoint.every_n_train_steps:
         callbacks.append(ModelCheckpoint(**last, every_n_train_steps=cfg.checkpoint.every_n_train_steps))
     callbacks += fault_callbacks(cfg.nonfinite_loss, run_dir / CHECKPOINT_DIR / LAST)
     trainer_args = OmegaConf.to_container(cfg.trainer, resolve=True)
-    callbacks += fast_path_callbacks(cfg.get("fast_path"), trainer_args)  # may set precision, benchmark
+    callbacks += fast_path_callbacks(cfg.get("fast_path"), trainer_args)  # may set benchmark, never precision
+    callbacks.append(Precision(tf32=cfg.get("tf32", False)))  # TF32 as asked; logs a run that is not float32
     if trainer_args.get("enable_progress_bar", True):
         callbacks.append(ThroughputProgressBar())
     if cfg.model.name == "paper_dual_gpu":

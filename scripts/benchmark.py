@@ -20,8 +20,9 @@ is the median of the per-repeat ratios. Sections:
   (scripts/benchmark_data.py).
 * dual: paper_dual_gpu (one tower per GPU, or per process on the CPU)
   against paper_grouped (scripts/benchmark_towers.py: medians of its steps).
-* gpu: the training rows on a CUDA device with the fast path (bf16 autocast,
-  channels_last, cudnn.benchmark), with peak memory per model.
+* gpu: the training rows on a CUDA device with the fast path (channels_last,
+  cudnn.benchmark) and bf16 autocast (in a run: trainer.precision=bf16-mixed),
+  with peak memory per model.
 * memory: the peak resident memory of this process.
 
 Sections that need hardware that is not there print "skipped: ..." instead.

@@ -6,7 +6,9 @@
     python scripts/evaluate.py ckpt_path=FILE data.root=/elsewhere/imagenet trainer=gpu
 
 The data config is the checkpoint's own unless the command line changes a key
-(data.KEY=VALUE) or names another dataset (data=NAME). Prints the same
+(data.KEY=VALUE) or names another dataset (data=NAME); so is the precision
+(a run trained in bf16-mixed is evaluated in bf16-mixed) unless the command
+line gives trainer.precision=... (or tf32=...). Prints the same
 summary line that train.py ends with. The crops are data.test_crops, which
 follows data.eval_crops unless set (an eval_crops given here wins over a
 test_crops stored in the checkpoint).
@@ -24,7 +26,8 @@ import lightning as L  # noqa: E402
 from alexnet.cli import compose, run_script  # noqa: E402
 from alexnet.config import build_datamodule  # noqa: E402
 from alexnet.errors import ConfigError  # noqa: E402
-from alexnet.inference import data_config, load_system  # noqa: E402
+from alexnet.inference import data_config, load_system, run_precision  # noqa: E402
+from alexnet.precision import Precision  # noqa: E402
 
 
 def evaluate(overrides: list[str]) -> dict:
@@ -36,10 +39,12 @@ def evaluate(overrides: list[str]) -> dict:
             "data",
             f"the checkpoint {path} has {system.hparams.num_classes} classes, the data {datamodule.num_classes}",
         )
+    precision, tf32 = run_precision(checkpoint, cfg, overrides)
     trainer = L.Trainer(
         accelerator=cfg.trainer.accelerator,
         devices=1,
-        precision=cfg.trainer.precision,
+        precision=precision,
+        callbacks=[Precision(tf32)],  # logs a precision that is not float32
         logger=False,
         enable_progress_bar=sys.stderr.isatty(),
     )

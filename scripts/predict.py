@@ -4,8 +4,9 @@
     python scripts/predict.py ckpt_path=FILE images=[cat.jpg] data.eval_crops=10
 
 Each image goes through the checkpoint's evaluation transform (resize, centre
-crop or the paper's ten crops, normalisation), so the model sees what it saw
-at validation.
+crop or the paper's ten crops, normalisation), and the network computes in the
+precision its run trained in (trainer.precision=... on the command line
+changes it), so the model sees and computes what it did at validation.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import lightning as L  # noqa: E402
 import torch  # noqa: E402
 from hydra.core.override_parser.overrides_parser import OverridesParser  # noqa: E402
 from PIL import Image, UnidentifiedImageError  # noqa: E402
@@ -22,7 +24,8 @@ from PIL import Image, UnidentifiedImageError  # noqa: E402
 from alexnet.cli import compose, run_script  # noqa: E402
 from alexnet.config import build_datamodule  # noqa: E402
 from alexnet.errors import ConfigError  # noqa: E402
-from alexnet.inference import data_config, load_system  # noqa: E402
+from alexnet.inference import data_config, load_system, run_precision  # noqa: E402
+from alexnet.precision import Precision  # noqa: E402
 
 
 def split_images(argv: list[str]) -> tuple[list[str], list[str]]:
@@ -39,7 +42,6 @@ def split_images(argv: list[str]) -> tuple[list[str], list[str]]:
     return images, rest
 
 
-@torch.no_grad()
 def predict(argv: list[str], k: int = 5) -> list[list[tuple[str, float]]]:
     images, overrides = split_images(argv)
     missing = [p for p in images if not Path(p).is_file()]
@@ -49,16 +51,22 @@ def predict(argv: list[str], k: int = 5) -> list[list[tuple[str, float]]]:
     system, checkpoint, _ = load_system(cfg.ckpt_path)
     # Only the evaluation transform is needed: no dataset on this machine is fine.
     datamodule = build_datamodule(data_config(checkpoint, cfg, overrides), require_data=False)
-    names = system.class_names
-    results = []
+    inputs = []
     for path in images:
         try:
             with Image.open(path) as image:
-                x = datamodule.eval_transform(image)
+                inputs.append(datamodule.eval_transform(image))
         except (UnidentifiedImageError, OSError) as err:
             raise ConfigError("images", f"cannot read {path}: {err}") from err
-        probs = system.predict_step(x.unsqueeze(0))[0]
-        top = probs.topk(min(k, len(probs)))
+    # Lightning's predict loop applies the run's precision (autocast for *-mixed, cast weights for *-true).
+    precision, tf32 = run_precision(checkpoint, cfg, overrides)
+    trainer = L.Trainer(accelerator=cfg.trainer.accelerator, devices=1, precision=precision, callbacks=[Precision(tf32)],
+                        logger=False, enable_progress_bar=False, enable_model_summary=False)
+    batches = trainer.predict(system, dataloaders=torch.utils.data.DataLoader(inputs, batch_size=1))
+    names = system.class_names
+    results = []
+    for path, probs in zip(images, batches):
+        top = probs[0].float().cpu().topk(min(k, probs.shape[-1]))
         ranked = [(names[i], p) for p, i in zip(top.values.tolist(), top.indices.tolist())]
         print(path)
         for rank, (name, p) in enumerate(ranked, start=1):

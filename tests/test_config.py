@@ -76,6 +76,13 @@ BAD_VALUES = [
     ("data.resize_size=24", "data.crop_size"),  # the 32-pixel crop is larger than the resize
     ("data.pca_std=-0.1", "data.pca_std"),
     ("data.normalize=zscore", "data.normalize"),
+    ("optim.max_drops=-1", "optim.max_drops"),
+    ("optim.max_drops=1.5", "optim.max_drops"),
+    ("optim.threshold=-0.1", "optim.threshold"),
+    ("optim.min_lr=-1e-5", "optim.min_lr"),
+    ("flat_start_steps=-5", "flat_start_steps"),
+    ("flat_start_steps=many", "flat_start_steps"),
+    ("tf32=yes", "tf32"),
 ]
 
 

@@ -1,4 +1,5 @@
-"""The GPU fast path is on by default on CUDA, off on the CPU, and each part runs on the CPU when asked."""
+"""The GPU fast path is on by default on CUDA, off on the CPU, each part runs on the CPU when asked,
+and none of it changes the precision (trainer.precision alone does: tests/test_precision.py)."""
 
 import lightning as L
 import pytest
@@ -17,7 +18,7 @@ TRAINER_AUTO = {"accelerator": "auto", "precision": "32-true", "benchmark": None
 
 def test_the_config_has_a_fast_path_section_of_auto_switches():
     cfg = compose_config()
-    assert dict(cfg.fast_path) == {"channels_last": "auto", "bf16": "auto", "cudnn_benchmark": "auto", "compile": False}
+    assert dict(cfg.fast_path) == {"channels_last": "auto", "cudnn_benchmark": "auto", "compile": False}
 
 
 def test_auto_turns_nothing_on_when_training_on_the_cpu(monkeypatch):
@@ -28,11 +29,11 @@ def test_auto_turns_nothing_on_when_training_on_the_cpu(monkeypatch):
 
 
 @pytest.mark.parametrize("accelerator", ["gpu", "cuda", "auto"])
-def test_auto_turns_bf16_cudnn_autotuning_and_channels_last_on_when_training_on_cuda(accelerator, monkeypatch):
+def test_auto_turns_cudnn_autotuning_and_channels_last_on_when_training_on_cuda_and_keeps_float32(accelerator, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     args = {**TRAINER_AUTO, "accelerator": accelerator}
     (callback,) = configure({}, args)
-    assert args["precision"] == "bf16-mixed" and args["benchmark"] is True
+    assert args["precision"] == "32-true" and args["benchmark"] is True
     assert callback.channels_last and callback.compile is False
 
 
@@ -45,17 +46,26 @@ def test_an_explicit_trainer_precision_or_benchmark_wins_over_auto(monkeypatch):
 
 def test_true_forces_a_switch_on_the_cpu_and_false_keeps_it_off_on_cuda(monkeypatch):
     args = {**TRAINER_AUTO, "accelerator": "cpu"}
-    (callback,) = configure({"bf16": True, "channels_last": True, "compile": "aot_eager"}, args)
-    assert args["precision"] == "bf16-mixed" and callback.channels_last and callback.compile == "aot_eager"
+    (callback,) = configure({"channels_last": True, "compile": "aot_eager"}, args)
+    assert args["precision"] == "32-true" and callback.channels_last and callback.compile == "aot_eager"
     args = {**TRAINER_AUTO, "accelerator": "gpu"}
-    assert configure({"bf16": False, "channels_last": False, "cudnn_benchmark": False}, args) == []
+    assert configure({"channels_last": False, "cudnn_benchmark": False}, args) == []
     assert args == {**TRAINER_AUTO, "accelerator": "gpu"}
 
 
-@pytest.mark.parametrize("key, value", [("bf16", "yes"), ("channels_last", 1), ("compile", 3), ("fast", True)])
+@pytest.mark.parametrize("key, value", [("cudnn_benchmark", "yes"), ("channels_last", 1), ("compile", 3), ("fast", True)])
 def test_a_bad_fast_path_value_is_an_error_naming_the_key(key, value):
     with pytest.raises(ConfigError, match="fast_path"):
         configure({key: value}, dict(TRAINER_AUTO))
+
+
+@pytest.mark.parametrize("value", [True, "auto"])
+def test_the_removed_bf16_switch_is_refused_pointing_at_trainer_precision(value, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    args = {**TRAINER_AUTO, "accelerator": "gpu"}
+    with pytest.raises(ConfigError, match="trainer.precision=bf16-mixed") as err:
+        configure({"bf16": value}, args)
+    assert err.value.key == "fast_path.bf16" and args["precision"] == "32-true"
 
 
 def test_data_is_pinned_for_non_blocking_copies_exactly_when_cuda_is_there(monkeypatch):

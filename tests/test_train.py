@@ -19,6 +19,7 @@ from alexnet.errors import ConfigError
 from alexnet.models import VARIANTS
 
 REQUIRED_TAGS = {"train/loss", "train/top1_error", "train/top5_error", "val/loss", "val/top1_error", "val/top5_error", "lr"}
+LRN_TAGS = {"lrn/strength_conv1", "lrn/strength_conv2"}  # networks with LRN (the default cifar one has two)
 
 
 def scalars(run: Path) -> dict[str, list[tuple[int, float]]]:
@@ -53,6 +54,8 @@ def test_a_run_logs_exactly_the_documented_tensorboard_tags(tiny_run):
         assert all(0.0 <= v <= 1.0 for _, v in tags[tag]), f"{tag} is not an error fraction"
     assert [v for _, v in tags["lr"]][0] == pytest.approx(0.01)
     assert len(tags["val/top1_error"]) == 2  # once per epoch
+    for tag in LRN_TAGS:  # Section 3.3: how much each LRN layer divides, 1.0 = nothing; once per epoch
+        assert len(tags[tag]) == 2 and all(0.0 < v <= 1.0 for _, v in tags[tag]), tag
     acc = EventAccumulator(str(run / "tensorboard"))
     acc.Reload()
     assert "conv1_kernels/tower_1" in acc.Tags()["images"]  # Figure 3, every epoch
@@ -267,4 +270,4 @@ def test_ddp_on_two_cpu_processes_trains_and_checkpoints(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     summary_line(result.stdout)  # printed once, by rank zero
     assert (run / "checkpoints" / "last.ckpt").is_file()
-    assert REQUIRED_TAGS <= set(scalars(run))
+    assert REQUIRED_TAGS | LRN_TAGS <= set(scalars(run))  # rank zero logs its LRN strengths, no collective
