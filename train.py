@@ -17,13 +17,14 @@ from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
-from alexnet.checkpoints import check_compatible, read_checkpoint, resolve_ckpt_path
-from alexnet.cli import check_run_dir_writable, inherit_run_overrides
+from alexnet.training.checkpoints import check_compatible, read_checkpoint, resolve_ckpt_path
+from alexnet.config import check_run_dir_writable, inherit_run_overrides
 from alexnet.config import build_datamodule, check_tower_classes, validate
 from alexnet.errors import ConfigError, TrainingError
-from alexnet.faults import EXIT_SIGTERM, check_class_count
-from alexnet.system import AlexNetSystem
-from alexnet.trainer import build_trainer
+from alexnet.data.labels import check_class_count
+from alexnet.training.faults import EXIT_SIGTERM
+from alexnet.training.system import AlexNetSystem
+from alexnet.training.trainer import build_trainer
 
 log = logging.getLogger("train")
 
@@ -79,7 +80,7 @@ def main(cfg: DictConfig) -> None:
     except (ConfigError, TrainingError) as err:
         log.error("%s", err)
         sys.exit(f"error: {err}")
-    except SIGTERMException:  # last.ckpt is saved (alexnet/faults.py)
+    except SIGTERMException:  # last.ckpt is saved (alexnet/training/faults.py)
         sys.exit(EXIT_SIGTERM)
 
 

@@ -6,9 +6,9 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from .checkpoints import read_checkpoint, resolve_ckpt_path
 from .errors import ConfigError
-from .system import AlexNetSystem
+from .training.checkpoints import read_checkpoint, resolve_ckpt_path
+from .training.system import AlexNetSystem
 
 
 def load_system(ckpt_path: str | None) -> tuple[AlexNetSystem, dict, Path]:

@@ -46,14 +46,11 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "scripts"))
 
-import benchmark_data  # noqa: E402
+import benchmark_data
 
-from alexnet.fast_lrn import native_available  # noqa: E402
-from alexnet.models import create  # noqa: E402
+from alexnet.nn.fast_lrn import native_available
+from alexnet.nn.models import create
 
 # name: (variant, options, input size, classes)
 TRAIN = {  # in the order they take turns: the fast LRN next to no LRN
@@ -184,7 +181,7 @@ def loop_rows(args) -> tuple[list[Row], dict]:
     """AlexNetSystem in a Lightning Trainer against a plain loop: same model, data and optimizer."""
     import lightning as L
 
-    from alexnet.system import AlexNetSystem
+    from alexnet.training.system import AlexNetSystem
 
     batch, steps = args.loop_batch_size, args.loop_steps
     g = torch.Generator().manual_seed(0)
@@ -259,7 +256,7 @@ def data_rows(args) -> list[Row]:
 
 # ---------------------------------------------------------------- dual
 # paper_dual_gpu against paper_grouped: scripts/benchmark_towers.py trains the
-# grouped network in one process and the two towers (alexnet/towers.py) as two
+# grouped network in one process and the two towers (alexnet/parallel/towers.py) as two
 # processes on the same batch, NCCL on two GPUs or gloo on the CPU.
 
 

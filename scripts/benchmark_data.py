@@ -35,14 +35,13 @@ from PIL import Image
 from torch.utils.data import DataLoader
 from torchvision.transforms import v2
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from alexnet.data import FolderDataModule  # noqa: E402
-from alexnet.data.shapes import generate_shapes  # noqa: E402
-from alexnet.data.augment import Lighting  # noqa: E402
-from alexnet.data.folder import ImageFiles, collate_skipping_bad, list_samples  # noqa: E402
-from alexnet.data.presets import IMAGENET_MEAN, IMAGENET_STD, BatchTrainAugment, Normalization  # noqa: E402
-from alexnet.data.sampling import EpochSampler, batch_draws  # noqa: E402
+from alexnet.data import FolderDataModule
+from alexnet.data.shapes import generate_shapes
+from alexnet.data.augment import Lighting
+from alexnet.data.folder import ImageFiles, collate_skipping_bad, list_samples
+from alexnet.data.presets import IMAGENET_MEAN, IMAGENET_STD, BatchTrainAugment, Normalization
+from alexnet.data.sampling import EpochSampler, batch_draws
 
 
 def make_jpegs(root: Path, n: int) -> None:

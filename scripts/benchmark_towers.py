@@ -22,15 +22,14 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
-import torch.distributed as dist  # noqa: E402
-import torch.multiprocessing as mp  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn.functional as F
 
-from alexnet.models import create  # noqa: E402
-from alexnet.towers import Tower  # noqa: E402
+from alexnet.nn.models import create
+from alexnet.parallel.towers import Tower
 
 
 def _steps(net, x, y, steps: int, warmup: int, sync) -> list[float]:

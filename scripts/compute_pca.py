@@ -22,9 +22,8 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from alexnet.data.stats import PixelMoments  # noqa: E402
+from alexnet.data.stats import PixelMoments
 
 
 def default_output(cfg: DictConfig) -> Path:

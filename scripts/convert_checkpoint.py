@@ -5,7 +5,7 @@
     python scripts/convert_checkpoint.py IN OUT --to paper_grouped                # force the direction
 
 The direction is read from IN (the model it was trained as). Both networks
-store their tensors in the grouped layout (alexnet/towers.py: each tensor is
+store their tensors in the grouped layout (alexnet/parallel/towers.py: each tensor is
 the two towers' halves one after the other, momentum included), so the
 conversion checks every tensor against the target network and rewrites the
 model the checkpoint declares: train.py resumes a checkpoint only as the
@@ -19,13 +19,12 @@ import os
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
+import torch
 
-from alexnet.checkpoints import read_checkpoint  # noqa: E402
-from alexnet.errors import ConfigError  # noqa: E402
-from alexnet.models import create  # noqa: E402
+from alexnet.training.checkpoints import read_checkpoint
+from alexnet.errors import ConfigError
+from alexnet.nn.models import create
 
 PAIRS = {"paper_dual_gpu": "paper_grouped", "paper_grouped": "paper_dual_gpu"}
 

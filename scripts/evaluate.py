@@ -17,17 +17,15 @@ test_crops stored in the checkpoint).
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import lightning as L  # noqa: E402
+import lightning as L
 
-from alexnet.cli import compose, run_script  # noqa: E402
-from alexnet.config import build_datamodule  # noqa: E402
-from alexnet.errors import ConfigError  # noqa: E402
-from alexnet.inference import data_config, load_system, run_precision  # noqa: E402
-from alexnet.precision import Precision  # noqa: E402
+from alexnet.config import compose, run_script
+from alexnet.config import build_datamodule
+from alexnet.errors import ConfigError
+from alexnet.inference import data_config, load_system, run_precision
+from alexnet.training.precision import Precision
 
 
 def evaluate(overrides: list[str]) -> dict:

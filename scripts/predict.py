@@ -14,18 +14,17 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import lightning as L  # noqa: E402
-import torch  # noqa: E402
-from hydra.core.override_parser.overrides_parser import OverridesParser  # noqa: E402
-from PIL import Image, UnidentifiedImageError  # noqa: E402
+import lightning as L
+import torch
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from PIL import Image, UnidentifiedImageError
 
-from alexnet.cli import compose, run_script  # noqa: E402
-from alexnet.config import build_datamodule  # noqa: E402
-from alexnet.errors import ConfigError  # noqa: E402
-from alexnet.inference import data_config, load_system, run_precision  # noqa: E402
-from alexnet.precision import Precision  # noqa: E402
+from alexnet.config import compose, run_script
+from alexnet.config import build_datamodule
+from alexnet.errors import ConfigError
+from alexnet.inference import data_config, load_system, run_precision
+from alexnet.training.precision import Precision
 
 
 def split_images(argv: list[str]) -> tuple[list[str], list[str]]:

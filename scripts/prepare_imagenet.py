@@ -36,9 +36,8 @@ from pathlib import Path
 from PIL import Image
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from alexnet.data.folder import find_classes, is_image, iter_images, load_rgb  # noqa: E402
+from alexnet.data.folder import find_classes, is_image, iter_images, load_rgb
 
 
 def read_csv_labels(path: Path) -> dict[str, str]:

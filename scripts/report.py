@@ -28,9 +28,9 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import yaml  # noqa: E402
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
+import matplotlib.pyplot as plt
+import yaml
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 BASELINE = "baseline"
 # What the paper says removing each ingredient does (top-1, top-5 error change).

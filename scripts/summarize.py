@@ -8,26 +8,23 @@ The model is composed by Hydra from conf/ exactly as train.py composes it, so
 any ``model.KEY=VALUE`` override works here too; an unknown model or key gets
 Hydra's own error and a non-zero exit. ``--compare A B`` puts two variants side
 by side (the same overrides apply to both), with the activation memory of a
-batch of 128 (Section 5). What is counted is written in alexnet/summary.py.
+batch of 128 (Section 5). What is counted is written in alexnet/nn/summary.py.
 """
 
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
-from hydra.errors import HydraException  # noqa: E402
-from omegaconf import DictConfig, OmegaConf  # noqa: E402
-from omegaconf.errors import OmegaConfBaseException  # noqa: E402
-from rich.console import Console  # noqa: E402
-from rich.table import Table  # noqa: E402
+from hydra.errors import HydraException
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+from rich.console import Console
+from rich.table import Table
 
-from alexnet.cli import compose  # noqa: E402
-from alexnet.models import OPTIONS, create  # noqa: E402
-from alexnet.summary import Summary, saved_activation_bytes, summarize  # noqa: E402
+from alexnet.config import compose
+from alexnet.nn.models import OPTIONS, create
+from alexnet.nn.summary import Summary, saved_activation_bytes, summarize
 
 BATCH = 128  # Section 5: "batch size of 128 examples"
 IMAGENET_CLASSES = 1000  # when the model config leaves num_classes to the dataset

@@ -24,23 +24,22 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import matplotlib  # noqa: E402
+import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-from PIL import Image, UnidentifiedImageError  # noqa: E402
-from torchvision.utils import make_grid  # noqa: E402
+import matplotlib.pyplot as plt
+import torch
+from PIL import Image, UnidentifiedImageError
+from torchvision.utils import make_grid
 
-from alexnet.callbacks import conv1_kernel_grids  # noqa: E402
-from alexnet.checkpoints import CHECKPOINT_DIR  # noqa: E402
-from alexnet.cli import compose, run_script  # noqa: E402
-from alexnet.config import build_datamodule  # noqa: E402
-from alexnet.errors import ConfigError  # noqa: E402
-from alexnet.inference import data_config, load_system  # noqa: E402
-from alexnet.summary import summarize  # noqa: E402
+from alexnet.training.callbacks import conv1_kernel_grids
+from alexnet.training.checkpoints import CHECKPOINT_DIR
+from alexnet.config import compose, run_script
+from alexnet.config import build_datamodule
+from alexnet.errors import ConfigError
+from alexnet.inference import data_config, load_system
+from alexnet.nn.summary import summarize
 
 OPTIONS = {"out_dir": None, "layer": "conv1", "image": None, "queries": 4, "neighbours": 5, "max_train": 5000}
 

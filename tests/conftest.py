@@ -24,7 +24,7 @@ TINY = [
 
 
 def compose_config(*overrides: str):
-    from alexnet.cli import compose
+    from alexnet.config import compose
 
     return compose(list(overrides), "test")
 

@@ -26,8 +26,8 @@ import hydra  # noqa: E402
 import lightning as L  # noqa: E402
 
 import train as train_script  # noqa: E402
-from alexnet.cli import check_run_dir_writable, inherit_run_overrides  # noqa: E402
-from alexnet.distributed import data_parallel  # noqa: E402
+from alexnet.config import check_run_dir_writable, inherit_run_overrides  # noqa: E402
+from alexnet.parallel.ranks import data_parallel  # noqa: E402
 
 
 class Record(L.Callback):

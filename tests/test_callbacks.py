@@ -13,13 +13,13 @@ from conftest import TINY, compose_config
 from torch.utils.data import DataLoader, TensorDataset
 
 import train as train_script
-from alexnet.callbacks import FlatStart, LRNProbe, LRNStrength, lrn_layers
+from alexnet.training.callbacks import FlatStart, LRNProbe, LRNStrength, lrn_layers
 from alexnet.data.presets import Normalization
 from alexnet.data.shapes import generate_shapes
-from alexnet.layers import LocalResponseNorm
-from alexnet.models import create
-from alexnet.system import AlexNetSystem
-from alexnet.towers import Tower
+from alexnet.nn.layers import LocalResponseNorm
+from alexnet.nn.models import create
+from alexnet.training.system import AlexNetSystem
+from alexnet.parallel.towers import Tower
 
 LN10 = math.log(10)
 
@@ -41,7 +41,7 @@ def at_chance(n: int) -> list[float]:
 
 
 def warnings_of(caplog) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.name == "alexnet.callbacks" and r.levelno == logging.WARNING]
+    return [r.getMessage() for r in caplog.records if r.name == "alexnet.training.callbacks" and r.levelno == logging.WARNING]
 
 
 def test_a_loss_at_chance_for_the_given_steps_warns_once_naming_the_cause_and_the_alternatives(caplog):
@@ -84,7 +84,7 @@ def test_another_init_gets_no_blame_and_other_ranks_stay_silent(caplog):
 
 @pytest.mark.parametrize("value, present", [("1000", True), ("0", False), ("null", False)])
 def test_flat_start_steps_turns_the_warning_on_and_off(value, present, tmp_path):
-    from alexnet.trainer import build_trainer
+    from alexnet.training.trainer import build_trainer
 
     trainer = build_trainer(compose_config(f"flat_start_steps={value}"), tmp_path)
     found = [c for c in trainer.callbacks if isinstance(c, FlatStart)]

@@ -11,7 +11,7 @@ from conftest import REPO, TINY, compose_config, run_cli
 
 import train as train_script
 from alexnet.errors import ConfigError
-from alexnet.models import VARIANTS
+from alexnet.nn.models import VARIANTS
 
 GROUPS = ("model", "data", "trainer", "optim", "experiment")
 

@@ -9,9 +9,9 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from alexnet.data import ShapesDataModule
 from alexnet.errors import ConfigError
-from alexnet.fast_path import FastPath, configure
-from alexnet.layers import LocalResponseNorm
-from alexnet.system import AlexNetSystem
+from alexnet.training.fast_path import FastPath, configure
+from alexnet.nn.layers import LocalResponseNorm
+from alexnet.training.system import AlexNetSystem
 
 TRAINER_AUTO = {"accelerator": "auto", "precision": "32-true", "benchmark": None}
 

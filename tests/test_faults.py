@@ -28,9 +28,9 @@ import yaml
 from conftest import REPO, TINY, compose_config
 from data_fixtures import image_tree
 
-import alexnet.trainer
+import alexnet.training.trainer
 import train as train_script
-from alexnet.checkpoint_io import PARTIAL_SUFFIX, atomic_torch_save
+from alexnet.training.checkpoints import PARTIAL_SUFFIX, atomic_torch_save
 from alexnet.errors import TrainingError
 
 STEPS_PER_EPOCH = 256 // 32  # TINY
@@ -447,7 +447,7 @@ def test_weights_that_turn_non_finite_are_never_saved(tmp_path, monkeypatch):
 
 
 def test_labels_outside_the_class_count_are_caught_on_the_cpu():
-    from alexnet.faults import check_labels
+    from alexnet.data.labels import check_labels
 
     check_labels((torch.zeros(4, 3, 8, 8), torch.tensor([0, 1, 9, 3])), 10)
     with pytest.raises(TrainingError, match=r"labels outside 0-9 \(-1, 12\)"):
@@ -460,8 +460,8 @@ def test_under_slurm_the_requeue_signal_saves_an_hpc_checkpoint_and_auto_resumes
     import lightning as L
     from lightning.fabric.plugins.environments import SLURMEnvironment
 
-    from alexnet.checkpoint_io import AtomicCheckpointIO
-    from alexnet.checkpoints import resolve_ckpt_path
+    from alexnet.training.checkpoints import AtomicCheckpointIO
+    from alexnet.training.checkpoints import resolve_ckpt_path
 
     for key, value in {"SLURM_NTASKS": "1", "SLURM_JOB_NAME": "alexnet", "SLURM_JOB_ID": "4242", "SLURM_PROCID": "0",
                        "SLURM_LOCALID": "0", "SLURM_NODEID": "0"}.items():

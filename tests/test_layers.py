@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from alexnet.layers import LRN_CONVENTIONS, LocalResponseNorm
+from alexnet.nn.layers import LRN_CONVENTIONS, LocalResponseNorm
 
 
 def reference_lrn(a, n, alpha, beta, k, divide_by_n, groups=1):

@@ -1,14 +1,14 @@
-"""The fast LRN computes PyTorch's LRN, values and gradients, in less memory (alexnet/fast_lrn.py)."""
+"""The fast LRN computes PyTorch's LRN, values and gradients, in less memory (alexnet/nn/fast_lrn.py)."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from alexnet import fast_lrn
-from alexnet.fast_lrn import local_response_norm, native_library, uses_native
-from alexnet.layers import LRN_CONVENTIONS, LeanMaxPool2d, LocalResponseNorm
-from alexnet.models import create
+from alexnet.nn import fast_lrn
+from alexnet.nn.fast_lrn import local_response_norm, native_library, uses_native
+from alexnet.nn.layers import LRN_CONVENTIONS, LeanMaxPool2d, LocalResponseNorm
+from alexnet.nn.models import create
 
 FAST = ["native", "fused"]
 

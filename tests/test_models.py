@@ -5,8 +5,8 @@ import torch
 import torchvision
 from torch import nn
 
-from alexnet.layers import LocalResponseNorm
-from alexnet.models import VARIANTS, conv_output_size, count_parameters, create
+from alexnet.nn.layers import LocalResponseNorm
+from alexnet.nn.models import VARIANTS, conv_output_size, count_parameters, create
 
 
 @pytest.fixture(scope="module")

@@ -15,9 +15,9 @@ from conftest import TINY, compose_config, run_cli
 from omegaconf import OmegaConf
 
 import train as train_script
-from alexnet.fast_path import configure
+from alexnet.training.fast_path import configure
 from alexnet.inference import run_precision
-from alexnet.precision import Precision, describe, set_tf32
+from alexnet.training.precision import Precision, describe, set_tf32
 
 QUICK = [*TINY, "trainer.limit_train_batches=2", "trainer.limit_val_batches=1", "test_after_fit=false"]
 
@@ -59,9 +59,9 @@ def test_tf32_sets_both_the_matmul_and_the_convolution_flag(on):
 
 
 def _train_log(caplog, tmp_path, *overrides) -> list[str]:
-    with caplog.at_level(logging.WARNING, logger="alexnet.precision"):
+    with caplog.at_level(logging.WARNING, logger="alexnet.training.precision"):
         train_script.train(compose_config(*QUICK, *overrides), tmp_path)
-    return [r.getMessage() for r in caplog.records if r.name == "alexnet.precision"]
+    return [r.getMessage() for r in caplog.records if r.name == "alexnet.training.precision"]
 
 
 def test_a_float32_run_logs_no_precision_line(caplog, tmp_path):
@@ -74,7 +74,7 @@ def test_a_bf16_run_says_so_in_one_line_at_start(caplog, tmp_path):
 
 
 def test_the_precision_callback_is_part_of_every_run(tmp_path):
-    from alexnet.trainer import build_trainer
+    from alexnet.training.trainer import build_trainer
 
     trainer = build_trainer(compose_config(*QUICK, "tf32=true"), tmp_path)
     (callback,) = [c for c in trainer.callbacks if isinstance(c, Precision)]

@@ -15,10 +15,10 @@ from conftest import compose_config
 from omegaconf import OmegaConf
 from torch import nn
 
-from alexnet.callbacks import lrn_layers
+from alexnet.training.callbacks import lrn_layers
 from alexnet.config import build_datamodule
-from alexnet.models import create
-from alexnet.optim import PaperPlateau, build_optimizer
+from alexnet.nn.models import create
+from alexnet.training.optim import PaperPlateau, build_optimizer
 
 
 @pytest.fixture(scope="module", params=["as the experiment says", "trainer=gpu"])

@@ -100,7 +100,7 @@ def test_extending_a_finished_cosine_run_anneals_on_to_the_floor_and_never_raise
 
 
 def test_extending_a_cosine_run_stopped_half_way_anneals_from_where_it_stood(tmp_path):
-    from alexnet.optim import CosineToEnd
+    from alexnet.training.optim import CosineToEnd
 
     weight = torch.nn.Parameter(torch.zeros(1))
     optimizer = torch.optim.SGD([weight], lr=0.1)
@@ -127,7 +127,7 @@ def test_a_checkpoint_from_before_exact_resume_still_resumes_with_one_warning(tm
     from conftest import TINY, compose_config
 
     import train as train_script
-    from alexnet.checkpoint_io import atomic_torch_save
+    from alexnet.training.checkpoints import atomic_torch_save
 
     cfg = [*TINY, "trainer.max_epochs=1", "checkpoint.every_n_train_steps=3", "test_after_fit=false"]
     train_script.train(compose_config(*cfg), tmp_path)
@@ -151,7 +151,7 @@ def test_a_loader_built_before_the_checkpoint_is_restored_stops_the_run_instead_
 
     import train as train_script
     from alexnet.errors import TrainingError
-    from alexnet.system import AlexNetSystem
+    from alexnet.training.system import AlexNetSystem
 
     from test_faults import add_callback
 

@@ -15,7 +15,7 @@ from torch import nn
 from torch.optim import SGD
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
-from alexnet.optim import MONITOR, PaperPlateau, build_optimizer
+from alexnet.training.optim import MONITOR, PaperPlateau, build_optimizer
 
 
 def scheduler(**kwargs) -> PaperPlateau:

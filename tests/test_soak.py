@@ -13,7 +13,7 @@ import time
 
 from test_faults import check_consistent, finish, launch, wait_for
 
-from alexnet.checkpoint_io import PARTIAL_SUFFIX
+from alexnet.training.checkpoints import PARTIAL_SUFFIX
 
 STEPS_PER_EPOCH, EPOCHS = 320 // 16, 12  # 240 steps
 ARGS = [

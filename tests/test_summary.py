@@ -1,4 +1,4 @@
-"""The per-layer figures of alexnet/summary.py and scripts/summarize.py (issue 2).
+"""The per-layer figures of alexnet/nn/summary.py and scripts/summarize.py (issue 2).
 
 The users' notes work these out by hand: N = (W - F + 2P) / S + 1, weights,
 multiply-adds, receptive fields. SPEC.md: 60,965,224 parameters and "about
@@ -13,8 +13,8 @@ import pytest
 import torch
 from torch import nn
 
-from alexnet.models import count_parameters, create
-from alexnet.summary import saved_activation_bytes, summarize
+from alexnet.nn.models import count_parameters, create
+from alexnet.nn.summary import saved_activation_bytes, summarize
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -17,8 +17,8 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 from conftest import run_cli
 
-from alexnet.models import create
-from alexnet.towers import Tower, TowerDropout, clip_grad_norm_towers, merge_towers, split_towers
+from alexnet.nn.models import create
+from alexnet.parallel.towers import Tower, TowerDropout, clip_grad_norm_towers, merge_towers, split_towers
 
 
 

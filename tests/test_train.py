@@ -16,7 +16,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 import train as train_script
 from alexnet.errors import ConfigError
-from alexnet.models import VARIANTS
+from alexnet.nn.models import VARIANTS
 
 REQUIRED_TAGS = {"train/loss", "train/top1_error", "train/top5_error", "val/loss", "val/top1_error", "val/top5_error", "lr"}
 LRN_TAGS = {"lrn/strength_conv1", "lrn/strength_conv2"}  # networks with LRN (the default cifar one has two)
@@ -205,7 +205,7 @@ def test_warm_up_scales_each_steps_learning_rate_and_leaves_the_schedule_alone(t
 
     cfg = compose_config(*TINY, "optim.schedule=step", "optim.step_size=1", "optim.warmup_epochs=1", "trainer.max_epochs=2")
     from alexnet.config import build_datamodule
-    from alexnet.system import AlexNetSystem
+    from alexnet.training.system import AlexNetSystem
 
     datamodule = build_datamodule(cfg.data)
     system = AlexNetSystem(model=dict(cfg.model), optim=dict(cfg.optim), num_classes=10)

@@ -28,10 +28,10 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, Dataset
 from torchdata.stateful_dataloader import StatefulDataLoader
 
-from ..distributed import data_parallel
 from ..errors import ConfigError, TrainingError
-from ..faults import check_labels
+from ..parallel.ranks import data_parallel
 from .augment import IMAGENET_EIGVAL, IMAGENET_EIGVEC, Lighting
+from .labels import check_labels
 from .presets import (
     IMAGENET_MEAN,
     IMAGENET_STD,

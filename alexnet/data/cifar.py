@@ -7,13 +7,13 @@ one index per batch, and the augmentation runs batched (augment.py).
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 from torchvision import datasets
 
+from ..files import atomic_path, cache_dir, probe_writable
 from .folder import find_classes, iter_images, load_rgb
 
 TORCHVISION = {"cifar10": datasets.CIFAR10, "cifar100": datasets.CIFAR100}
@@ -46,7 +46,8 @@ def load_folder(split_dir: Path, classes: list[str], cache_dirs: list[Path]) -> 
     """Decode a class-per-folder split of 32x32 images once, then reuse the cached array.
 
     The cache is keyed by the list of files, so adding or removing an image
-    rebuilds it; it goes in the first writable directory of ``cache_dirs``.
+    rebuilds it; it goes in the first writable directory of ``cache_dirs``,
+    written aside and renamed into place (:func:`alexnet.files.atomic_path`).
     """
     samples = [(p, i) for i, c in enumerate(classes) for p in iter_images(split_dir / c)]
     key = hashlib.sha1("\n".join(f"{p}:{i}" for p, i in samples).encode()).hexdigest()[:16]
@@ -60,21 +61,19 @@ def load_folder(split_dir: Path, classes: list[str], cache_dirs: list[Path]) -> 
     x = np.ascontiguousarray(x)
     for d in cache_dirs:
         try:
-            d.mkdir(parents=True, exist_ok=True)
-            tmp = d / f".{name}.{os.getpid()}.tmp.npz"
-            np.savez(tmp, x=x, y=y)
-            tmp.replace(d / name)
-            break
+            probe_writable(d)
         except OSError:
-            continue
+            continue  # a read-only data folder: the next one
+        with atomic_path(d / name, suffix=".partial.npz") as partial:
+            np.savez(partial, x=x, y=y)
+        break
     return torch.from_numpy(x), torch.from_numpy(y)
 
 
 def cache_dirs(root: Path) -> list[Path]:
-    """Where decoded arrays may go: next to the data, else the user's cache."""
-    home = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    """Where decoded arrays may go: next to the data, else this project's cache folder."""
     digest = hashlib.sha1(str(root.resolve()).encode()).hexdigest()[:12]
-    return [root / ".alexnet-cache", home / "alexnet" / digest]
+    return [root / ".alexnet-cache", cache_dir() / digest]
 
 
 def folder_classes(root: Path) -> list[str]:

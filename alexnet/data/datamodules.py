@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 from importlib import resources
-from pathlib import Path
 
 import torch
 from torch.utils.data import Dataset

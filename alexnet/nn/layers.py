@@ -43,7 +43,7 @@ class LocalResponseNorm(nn.Module):
             (2 for ``paper`` and ``cuda_convnet``, 1 for ``caffe``).
         groups: the number of independent channel blocks (towers).
         convention: ``paper``, ``cuda_convnet`` or ``caffe``.
-        impl: how it is computed (:mod:`alexnet.fast_lrn`): ``torch``
+        impl: how it is computed (:mod:`alexnet.nn.fast_lrn`): ``torch``
             (PyTorch's own LRN, the reference), ``native`` (a C kernel for
             CPU tensors), ``fused`` (torch ops, compiled on CUDA) or
             ``auto`` (native where it applies, else fused). All give the

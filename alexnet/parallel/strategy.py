@@ -2,7 +2,7 @@
 
 Ranks form a two-dimensional mesh, ``data_parallel x tower``: each row of
 two adjacent ranks (0-1, 2-3, ...) holds one copy of the paper's network,
-one tower per device (:class:`alexnet.towers.Tower`), and the rows are
+one tower per device (:class:`alexnet.parallel.towers.Tower`), and the rows are
 data-parallel copies of it. So 2 devices are the paper's setup, 4 or 8 run
 2 or 4 copies, and several nodes work as with DDP (torchrun or SLURM through
 Lightning's cluster environments). Gradients are averaged by

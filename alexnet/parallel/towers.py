@@ -12,7 +12,7 @@ for every weight, bias, buffer and optimizer state, which is how a
 two-device checkpoint is stored (:func:`merge_towers`, :func:`split_towers`)
 and why it loads on one device as the grouped network. Plain PyTorch and
 torch.distributed: no Lightning here (the strategy is in
-:mod:`alexnet.parallel`).
+:mod:`alexnet.parallel.strategy`).
 
     tower 0 (rank 2d)               tower 1 (rank 2d+1)
     conv1 48 -> LRN -> pool         conv1 48 -> LRN -> pool
@@ -38,8 +38,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .layers import LocalResponseNorm
-from .models import AlexNet
+from ..nn.layers import LocalResponseNorm
+from ..nn.models import AlexNet
 
 TOWERS = 2  # Section 3.2: two GTX 580 GPUs
 

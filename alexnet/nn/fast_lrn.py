@@ -36,12 +36,13 @@ import os
 import platform
 import shutil
 import subprocess
-import tempfile
 import warnings
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+from ..files import atomic_path, cache_dir
 
 IMPLS = ("auto", "native", "fused", "torch")
 SOURCE = Path(__file__).parent / "csrc" / "lrn.c"
@@ -59,13 +60,6 @@ NATIVE_DTYPES = {torch.float32: "f32", torch.float64: "f64"}
 # ---------------------------------------------------------------- the native library
 
 
-def cache_dir() -> Path:
-    """Where compiled libraries are kept: $ALEXNET_CACHE, else $XDG_CACHE_HOME/alexnet, else ~/.cache/alexnet."""
-    if os.environ.get("ALEXNET_CACHE"):
-        return Path(os.environ["ALEXNET_CACHE"]).expanduser()
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "alexnet"
-
-
 def _cpu_identity() -> str:
     try:  # the model name and instruction-set flags, for -march=native
         lines = Path("/proc/cpuinfo").read_text().splitlines()
@@ -74,22 +68,21 @@ def _cpu_identity() -> str:
         return platform.processor()
 
 
+class _CompileFailed(Exception):
+    pass
+
+
 def _compile(compiler: str, flags: list[str], target: Path) -> bool:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # Compile to a temporary name and rename, so processes that start together
-    # (DDP ranks, DataLoader workers) never load a half-written file.
-    fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
-    os.close(fd)
+    # Compiled aside and renamed into place (alexnet.files.atomic_path), so processes
+    # that start together (DDP ranks, DataLoader workers) never load a half-written file.
     try:
-        cmd = [compiler, *flags, "-shared", "-fPIC", "-o", tmp, str(SOURCE), "-lm"]
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-        if done.returncode == 0:
-            os.replace(tmp, target)
-            return True
+        with atomic_path(target, suffix=".partial.so") as partial:
+            cmd = [compiler, *flags, "-shared", "-fPIC", "-o", str(partial), str(SOURCE), "-lm"]
+            if subprocess.run(cmd, capture_output=True, text=True, timeout=120).returncode != 0:
+                raise _CompileFailed
+    except _CompileFailed:
         return False
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    return True
 
 
 @functools.cache

@@ -14,9 +14,9 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from torch import nn
 from torchvision.utils import make_grid
 
-from .distributed import data_parallel
-from .layers import LocalResponseNorm
-from .models import resolve_options
+from ..nn.layers import LocalResponseNorm
+from ..nn.models import resolve_options
+from ..parallel.ranks import data_parallel
 
 log = logging.getLogger(__name__)
 

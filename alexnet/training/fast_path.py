@@ -11,7 +11,7 @@ training on CUDA and off elsewhere, ``true``/``false`` force it either way:
   backend, or a backend's name), in place, so checkpoints keep their keys.
 
 None of them changes the number format: that is ``trainer.precision`` alone
-(and ``tf32``; alexnet/precision.py). bf16 is ``trainer.precision=bf16-mixed``,
+(and ``tf32``; alexnet/training/precision.py). bf16 is ``trainer.precision=bf16-mixed``,
 asked for on the command line; there is no ``fast_path.bf16`` any more.
 
 The rest of the fast path is in the data: workers only decode (and take the
@@ -27,7 +27,7 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 SWITCHES = ("channels_last", "cudnn_benchmark")
 DEFAULTS = {"channels_last": "auto", "cudnn_benchmark": "auto", "compile": False}

@@ -16,11 +16,11 @@ import torch
 import torch.nn.functional as F
 from torchmetrics.classification import MulticlassAccuracy
 
-from .data.augment import average_crops
-from .distributed import data_parallel
-from .models import create
+from ..data.augment import average_crops
+from ..nn.models import create
+from ..parallel.ranks import data_parallel
+from ..parallel.towers import all_gather_cat, clip_grad_norm_towers
 from .optim import CosineToEnd, build_optimizer, warmup_factor
-from .towers import all_gather_cat, clip_grad_norm_towers
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +41,8 @@ class AlexNetSystem(L.LightningModule):
 
     Args:
         model: the keys of a ``conf/model`` option: ``name`` and the overrides
-            of :func:`alexnet.models.create`.
-        optim: the keys of a ``conf/optim`` option (see :mod:`alexnet.optim`).
+            of :func:`alexnet.nn.models.create`.
+        optim: the keys of a ``conf/optim`` option (see :mod:`alexnet.training.optim`).
         num_classes: the number of classes of the dataset.
         class_names: human-readable class names, for predictions.
         config: the run's resolved config, stored with the checkpoint.
@@ -71,7 +71,7 @@ class AlexNetSystem(L.LightningModule):
                 setattr(self, f"{stage}_{name}_error", error)
 
     def configure_model(self) -> None:
-        # model=paper_dual_gpu: the strategy (alexnet.parallel) swaps the grouped
+        # model=paper_dual_gpu: the strategy (alexnet.parallel.strategy) swaps the grouped
         # network for this device's tower once the processes know their ranks.
         split = getattr(self.trainer.strategy, "split_module", None)
         if split is not None:

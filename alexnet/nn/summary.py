@@ -130,7 +130,7 @@ def summarize(net: nn.Module, input_shape: tuple[int, int, int] | None = None) -
     """Run one image through ``net`` with forward hooks and tabulate every layer.
 
     ``input_shape`` is (channels, height, width); by default the network's own
-    ``in_channels`` and ``input_size`` (an :class:`alexnet.models.AlexNet`).
+    ``in_channels`` and ``input_size`` (an :class:`alexnet.nn.models.AlexNet`).
     Only square inputs are supported by the receptive-field column.
     """
     if input_shape is None:

@@ -10,12 +10,11 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
+from ..parallel.strategy import TowerParallelStrategy
 from .callbacks import Conv1Kernels, FlatStart, LRNStrength, ThroughputProgressBar
-from .checkpoint_io import AtomicCheckpointIO
-from .checkpoints import CHECKPOINT_DIR, LAST
+from .checkpoints import CHECKPOINT_DIR, LAST, AtomicCheckpointIO
 from .fast_path import configure as fast_path_callbacks
 from .faults import fault_callbacks
-from .parallel import TowerParallelStrategy
 from .precision import Precision
 
 log = logging.getLogger(__name__)
@@ -62,6 +61,6 @@ def build_trainer(cfg: DictConfig, run_dir: Path) -> L.Trainer:
         trainer_args["strategy"] = dual_gpu_strategy(trainer_args)
     # TensorBoard writes to RUN/tensorboard; a resumed run appends to the same folder.
     logger = TensorBoardLogger(save_dir=str(run_dir), name="tensorboard", version="", default_hp_metric=False)
-    # Every checkpoint is written aside and renamed into place (alexnet/checkpoint_io.py).
+    # Every checkpoint is written aside and renamed into place (alexnet/training/checkpoints.py).
     return L.Trainer(**trainer_args, logger=logger, callbacks=callbacks, plugins=[AtomicCheckpointIO()],
                      default_root_dir=str(run_dir))

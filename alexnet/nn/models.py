@@ -61,7 +61,7 @@ PAPER_CONVS = (
 OPTIONS = {
     "lrn": True,  # LRN where the variant has it (False: none there)
     "lrn_convention": "paper",  # paper | cuda_convnet | caffe
-    "lrn_impl": "auto",  # auto | native | fused | torch: same numbers, see alexnet/fast_lrn.py
+    "lrn_impl": "auto",  # auto | native | fused | torch: same numbers, see alexnet/nn/fast_lrn.py
     "norm": "lrn",  # lrn | batchnorm | none
     "pool": "overlapping",  # overlapping (3/2, Section 3.4) | non_overlapping (2/2)
     "dropout": 0.5,  # Section 4.2
@@ -80,8 +80,8 @@ VARIANTS: dict[str, Variant] = {
         "the paper's network on one device, two towers as groups=2",
         options={"groups": 2},
     ),
-    # Section 3.2: the same network with one tower per device (alexnet/towers.py,
-    # alexnet/parallel.py); on one device it is paper_grouped.
+    # Section 3.2: the same network with one tower per device (alexnet/parallel/towers.py,
+    # alexnet/parallel/strategy.py); on one device it is paper_grouped.
     "paper_dual_gpu": Variant(
         PAPER_CONVS,
         (4096, 4096),

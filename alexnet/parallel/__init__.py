@@ -1,0 +1,3 @@
+"""The paper's two-device split (Section 3.2): ``towers`` (plain PyTorch and
+torch.distributed), ``strategy`` (its Lightning strategy), and ``ranks`` (where
+a process stands among the data-parallel copies)."""

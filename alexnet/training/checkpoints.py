@@ -1,0 +1,167 @@
+"""Checkpoints: written whole or not at all, found, read and vetted before anything trains on them.
+
+Writing. Lightning's ``TorchCheckpointIO`` writes through an fsspec
+transaction whose temporary file lives in the system temp folder and is never
+fsynced, so the final "move" may be a copy across file systems, and a crash
+right after it can leave a file that lists but does not load.
+:class:`AtomicCheckpointIO` writes through :func:`alexnet.files.atomic_path`
+instead: the temporary file sits in the checkpoint's own folder, so the
+rename is one atomic step, and a failed write (full disk, quota,
+permissions) leaves the previous checkpoint as it was. Partial files of killed
+runs are removed by the next run's first save.
+
+Reading. :func:`resolve_ckpt_path` turns ``ckpt_path`` (a file, ``last``,
+``auto``) into a file; :func:`read_checkpoint` loads it or names it;
+:func:`check_compatible` refuses another network.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from ..errors import ConfigError, TrainingError
+from ..files import PARTIAL_SUFFIX, atomic_path, probe_writable, remove_partial_files
+
+__all__ = ["PARTIAL_SUFFIX", "AtomicCheckpointIO", "atomic_torch_save", "check_compatible", "check_writable",
+           "read_checkpoint", "resolve_ckpt_path"]
+
+CHECKPOINT_DIR = "checkpoints"
+LAST = "last.ckpt"
+
+
+# ---------------------------------------------------------------- writing
+
+
+class _Writes:
+    """A file's ``write``, keeping the OSError that torch.save reports as a bare RuntimeError."""
+
+    def __init__(self, f) -> None:
+        self.f, self.error = f, None
+
+    def write(self, data) -> int:
+        try:
+            return self.f.write(data)
+        except OSError as err:
+            self.error = err
+            raise
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save(obj, path)`` so that ``path`` is either the old file or the complete new one.
+
+    Raises :class:`TrainingError` naming ``path`` when the folder cannot be
+    written (full disk, file-size limit, permissions); the old file is untouched.
+    """
+    path = Path(path)
+    try:
+        with atomic_path(path) as partial, open(partial, "wb") as f:
+            writes = _Writes(f)
+            try:
+                torch.save(obj, writes)
+            except RuntimeError as err:
+                raise (writes.error or err) from err
+    except (OSError, RuntimeError) as err:
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+        kept = f"; the previous {path.name} is intact" if path.is_file() else ""
+        raise TrainingError(f"cannot write the checkpoint {path}: {reason}{kept}") from err
+
+
+def check_writable(folder: str | os.PathLike) -> None:
+    """Create ``folder`` and a file in it, or raise :class:`TrainingError` naming it."""
+    try:
+        probe_writable(folder)
+    except OSError as err:
+        raise TrainingError(f"cannot write checkpoints to {folder}: {err.strerror or err}") from err
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint plugin with :func:`atomic_torch_save` for local paths.
+
+    ``Trainer(plugins=[AtomicCheckpointIO()])``; every checkpoint Lightning
+    writes (ModelCheckpoint's last and best, the SIGTERM and SLURM saves) goes
+    through it. Remote URLs (``s3://...``) keep Lightning's own writer.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._cleaned: set[Path] = set()
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
+        if "://" in str(path):
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} takes no storage_options")
+        folder = Path(path).parent
+        if folder not in self._cleaned:  # once per folder and run: what a kill -9 left behind
+            remove_partial_files(folder)
+            self._cleaned.add(folder)
+        atomic_torch_save(checkpoint, path)
+
+
+# ---------------------------------------------------------------- reading
+
+
+def resolve_ckpt_path(ckpt_path: str | None, run_dir: Path) -> Path | None:
+    """``ckpt_path`` as a file: a path, ``last`` (must exist) or ``auto`` (may not)."""
+    if ckpt_path in (None, ""):
+        return None
+    if ckpt_path in ("last", "auto"):
+        last = run_dir / CHECKPOINT_DIR / LAST
+        # Lightning's SLURM requeue signal saves RUN/hpc_ckpt_N.ckpt: the newest of those and last.ckpt wins.
+        found = [p for p in (last, *run_dir.glob("hpc_ckpt_*.ckpt")) if p.is_file()]
+        if found:
+            return max(found, key=lambda p: p.stat().st_mtime)
+        if ckpt_path == "auto":
+            return None
+        raise ConfigError(
+            "ckpt_path",
+            f"`last` asks to resume, but there is no checkpoint at {last}. Give the run folder "
+            "of the run to continue with hydra.run.dir=RUN, or use ckpt_path=auto to start "
+            "afresh when there is nothing to resume.",
+        )
+    path = Path(ckpt_path).expanduser()
+    if not path.is_file():
+        raise ConfigError("ckpt_path", f"no checkpoint file at {path}")
+    return path
+
+
+def read_checkpoint(path: Path) -> dict:
+    """Load a checkpoint on the CPU; a truncated or foreign file gets an error naming it."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    except Exception as err:  # torch raises several types for a bad zip or pickle
+        raise ConfigError("ckpt_path", f"{path} is not a readable checkpoint ({err.__class__.__name__}: {err})") from err
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "hyper_parameters" not in checkpoint:
+        raise ConfigError("ckpt_path", f"{path} is not a checkpoint written by this tool (no state_dict or hyper_parameters)")
+    return checkpoint
+
+
+def check_compatible(checkpoint: dict, path: Path, model: dict, num_classes: int) -> None:
+    """Refuse to resume a checkpoint of another variant, option set or class count."""
+    saved = checkpoint["hyper_parameters"]
+    theirs = {**saved["model"], "num_classes": saved["num_classes"]}
+    ours = {**model, "num_classes": num_classes}
+    mismatches = [
+        f"  model.{key}: checkpoint has {theirs.get(key)!r}, this run has {ours.get(key)!r}"
+        for key in sorted(set(theirs) | set(ours))
+        # dropout, init and the like do not change the weights' shapes, but the
+        # run would not be the same run: refuse any difference in the network.
+        # lrn_impl only chooses how the same numbers are computed.
+        if key not in ("num_classes", "lrn_impl") and theirs.get(key) != ours.get(key)
+    ]
+    if theirs["num_classes"] != num_classes:
+        mismatches.append(f"  num_classes: checkpoint has {theirs['num_classes']}, this run has {num_classes}")
+    if mismatches:
+        raise ConfigError(
+            "ckpt_path",
+            f"{path} was trained with a different network:\n" + "\n".join(mismatches)
+            + "\nResume with the checkpoint's model and data options (they are in its run folder's .hydra/overrides.yaml).",
+        )
