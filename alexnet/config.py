@@ -145,11 +145,7 @@ def validate(cfg: DictConfig) -> None:
     classes = model.pop("num_classes", None)
     _check(classes is None or classes >= 1, "model.num_classes", f"must be >= 1 or null, got {classes}")
     model_name = model.pop("name")
-    try:
-        resolve_options(model_name, **model)
-    except ValueError as err:
-        key = str(err).split(" ", 1)[0] if str(err).startswith("model.") else "model"
-        raise ConfigError(key, str(err).removeprefix(key).lstrip(": ")) from err
+    resolve_options(model_name, **model)  # the owner of the model.* keys: raises ConfigError naming the key
 
     if model_name == "paper_dual_gpu":
         _check(model.get("groups") == 2, "model.groups", f"paper_dual_gpu is two towers: must be 2, got {model.get('groups')}")

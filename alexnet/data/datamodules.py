@@ -7,6 +7,7 @@ the config; ``setup`` lists or loads the images.
 from __future__ import annotations
 
 import json
+import warnings
 from importlib import resources
 
 import torch
@@ -61,8 +62,15 @@ class InMemoryDataModule(AlexNetDataModule):
     """A dataset small enough to hold as tensors: no workers; the DataLoader
     hands out uint8 slices and all augmentation runs batched on the device."""
 
+    # Options of image files that do nothing here, with the value that says so.
+    INERT = {"num_workers": 0, "center_crop": True, "max_bad_images": 0}
+
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
+        for key, inert in self.INERT.items():
+            if kwargs.get(key, inert) != inert:
+                warnings.warn(f"data.{key}={kwargs[key]} does nothing for {type(self).__name__}: its images are held "
+                              f"in memory as one tensor (leave it {inert})", stacklevel=2)
         # Images are stored at their own size and resized batched, on the device.
         self.train_batch.resize = self.eval_batch.resize = self.test_batch.resize = self.resize_size
 

@@ -10,11 +10,13 @@ override from config (:data:`OPTIONS`). Plain PyTorch: no Lightning or Hydra.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field, replace
 
 import torch
 from torch import nn
 
+from ..errors import ConfigError
 from .fast_lrn import IMPLS as LRN_IMPLS
 from .layers import LRN_CONVENTIONS, LeanMaxPool2d, LocalResponseNorm
 
@@ -309,12 +311,17 @@ def initialise(net: AlexNet, scheme: str) -> None:
 
 
 def resolve_options(name: str, **overrides) -> dict:
-    """The full option set of a variant: family defaults < variant < overrides."""
+    """The full option set of a variant: family defaults < variant < overrides.
+
+    The owner of every ``model.*`` key: a bad value raises :class:`ConfigError`
+    naming it; an option that would do nothing on this variant is refused
+    (``groups`` without towers) or warned about (``lrn`` with another ``norm``).
+    """
     if name not in VARIANTS:
-        raise ValueError(f"unknown model {name!r}; choose one of {sorted(VARIANTS)}")
+        raise ConfigError("model", f"unknown model {name!r}; choose one of {sorted(VARIANTS)}")
     unknown = set(overrides) - set(OPTIONS)
     if unknown:
-        raise ValueError(f"unknown option(s) for model {name!r}: {sorted(unknown)}; known: {sorted(OPTIONS)}")
+        raise ConfigError("model", f"unknown option(s) for model {name!r}: {sorted(unknown)}; known: {sorted(OPTIONS)}")
     variant = VARIANTS[name]
     options = {**OPTIONS, **variant.options}
     options.update({k: v for k, v in overrides.items() if v is not None})
@@ -330,12 +337,18 @@ def resolve_options(name: str, **overrides) -> dict:
     }
     for key, allowed in checks.items():
         if options[key] not in allowed:
-            raise ValueError(f"model.{key} must be one of {list(allowed)}, got {options[key]!r}")
+            raise ConfigError(f"model.{key}", f"must be one of {list(allowed)}, got {options[key]!r}")
     if not 0.0 <= float(options["dropout"]) < 1.0:
-        raise ValueError(f"model.dropout must be in [0, 1), got {options['dropout']}")
+        raise ConfigError("model.dropout", f"must be in [0, 1), got {options['dropout']}")
     for key in ("in_channels", "groups", "input_size"):
         if int(options[key]) < 1:
-            raise ValueError(f"model.{key} must be >= 1, got {options[key]}")
+            raise ConfigError(f"model.{key}", f"must be >= 1, got {options[key]}")
+    if options["groups"] > 1 and not any(conv.tower_local for conv in variant.convs):
+        raise ConfigError("model.groups", f"{name} has no towers, so groups={options['groups']} would change nothing; "
+                          "leave it 1 (the networks with towers: cifar, paper_grouped, paper_dual_gpu)")
+    if options["lrn"] and options["norm"] != "lrn" and any(conv.lrn for conv in variant.convs):
+        warnings.warn(f"model.lrn=true does nothing with model.norm={options['norm']}: that norm layer takes LRN's place "
+                      "(give model.lrn=false to say so)", stacklevel=2)
     return options
 
 
