@@ -16,9 +16,10 @@ def load_system(ckpt_path: str | None) -> tuple[AlexNetSystem, dict, Path]:
     if not ckpt_path:
         raise ConfigError("ckpt_path", "give the checkpoint to use: ckpt_path=FILE")
     path = resolve_ckpt_path(ckpt_path, Path.cwd())
-    checkpoint = read_checkpoint(path)
-    system = AlexNetSystem(**checkpoint["hyper_parameters"])
-    system.load_state_dict(checkpoint["state_dict"])
+    checkpoint = read_checkpoint(path)  # names a truncated or foreign file
+    # Lightning's own loader: every checkpoint the trainer writes rebuilds from its hyperparameters
+    # (a two-device one too: its tensors are stored in the grouped network's layout).
+    system = AlexNetSystem.load_from_checkpoint(path, map_location="cpu", weights_only=False)
     return system.eval(), checkpoint, path
 
 

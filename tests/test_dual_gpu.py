@@ -181,3 +181,15 @@ def test_skipped_non_finite_batches_with_clipping_across_the_towers_do_not_crash
     assert "Traceback" not in result.stderr
     assert re.search(r"skipped the batch of training step \d+ \(epoch 0\)", result.stdout + result.stderr)
     assert load(tmp_path / "run" / "checkpoints" / "last.ckpt")["callbacks"]["NonFiniteGuard"]["skipped"] >= 1
+
+
+def test_lightnings_load_from_checkpoint_rebuilds_a_two_device_run_as_the_grouped_network(dual_run):
+    from alexnet.training.system import AlexNetSystem
+
+    run, _ = dual_run
+    for path in (run / "checkpoints").glob("*.ckpt"):
+        system = AlexNetSystem.load_from_checkpoint(path, map_location="cpu", weights_only=False)
+        saved = load(path)["state_dict"]
+        assert system.net.groups == 2 and system.net.conv1.weight.shape == (96, 3, 11, 11)
+        for key, value in system.state_dict().items():
+            assert torch.equal(value, saved[key]), f"{path.name}: {key}"

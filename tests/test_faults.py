@@ -498,3 +498,22 @@ def test_a_slurm_job_id_names_the_run_folder_so_a_requeued_job_finds_it(monkeypa
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3", job_name="test"):
         cfg = compose("config", ["hydra.run.dir=outputs/slurm-${oc.env:SLURM_JOB_ID}", "ckpt_path=auto"], return_hydra_config=True)
     assert OmegaConf.select(cfg, "hydra.run.dir") == "outputs/slurm-4242"
+
+
+def test_the_sigterm_deferral_takes_over_the_handlers_this_lightning_registers():
+    # SignalsAtBatchEnd replaces two private attributes of Lightning's signal connector; if a
+    # Lightning release renames them, this fails (the callback would otherwise quietly do nothing).
+    import inspect
+
+    import lightning as L
+
+    from alexnet.training.faults import SignalsAtBatchEnd
+
+    deferral = SignalsAtBatchEnd()
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, callbacks=[deferral])
+    deferral.setup(trainer, None, "fit")
+    connector = trainer._signal_connector
+    assert connector._sigterm_notifier_fn == deferral._note_sigterm
+    assert connector._slurm_sigusr_handler_fn == deferral._note_requeue
+    registering = inspect.getsource(type(connector).register_signal_handlers)
+    assert "self._sigterm_notifier_fn" in registering and "self._slurm_sigusr_handler_fn" in registering

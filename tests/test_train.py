@@ -76,6 +76,20 @@ def test_a_run_folder_holds_hydra_config_tensorboard_and_checkpoints(tiny_run):
     assert str(best[0]) in line and "top5_error=" in line
 
 
+def test_every_checkpoint_of_a_run_loads_with_lightnings_load_from_checkpoint(tiny_run):
+    from alexnet.training.system import AlexNetSystem
+
+    run, _ = tiny_run
+    paths = sorted((run / "checkpoints").glob("*.ckpt"))
+    assert {p.name.split("-")[0] for p in paths} == {"last.ckpt", "best"}
+    for path in paths:
+        system = AlexNetSystem.load_from_checkpoint(path, map_location="cpu", weights_only=False)
+        saved = torch.load(path, map_location="cpu", weights_only=False)
+        assert system.hparams.model == saved["hyper_parameters"]["model"]
+        for key, value in system.state_dict().items():
+            assert torch.equal(value, saved["state_dict"][key]), f"{path.name}: {key}"
+
+
 def test_evaluate_reports_the_same_summary_for_a_checkpoint(tiny_run):
     run, _ = tiny_run
     best = next((run / "checkpoints").glob("best-*.ckpt"))

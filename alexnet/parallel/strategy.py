@@ -76,6 +76,9 @@ class TowerParallelStrategy(DDPStrategy):
             "model=paper_dual_gpu: rank %d holds tower %d of data-parallel copy %d of %d",
             self.global_rank, self.tower_rank, self.data_parallel_rank, self.data_parallel_size,
         )
+        # The grouped network becomes this rank's tower now that the ranks are known,
+        # before Lightning restores a checkpoint into it (load_model_state_dict splits it).
+        self.split_module(self.lightning_module)
 
     @property
     def split(self) -> bool:
@@ -134,7 +137,7 @@ class TowerParallelStrategy(DDPStrategy):
 
     def optimizer_state(self, optimizer) -> dict[str, Any]:
         if isinstance(optimizer, LightningOptimizer):
-            optimizer = optimizer._optimizer
+            optimizer = optimizer.optimizer
         state = optimizer.state_dict()
         if not self.split:
             return state

@@ -70,13 +70,6 @@ class AlexNetSystem(L.LightningModule):
                 error = 1 - MulticlassAccuracy(num_classes, top_k=k, average="micro")
                 setattr(self, f"{stage}_{name}_error", error)
 
-    def configure_model(self) -> None:
-        # model=paper_dual_gpu: the strategy (alexnet.parallel.strategy) swaps the grouped
-        # network for this device's tower once the processes know their ranks.
-        split = getattr(self.trainer.strategy, "split_module", None)
-        if split is not None:
-            split(self)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
