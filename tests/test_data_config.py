@@ -5,6 +5,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
+from conftest import REPO
 from data_fixtures import image_tree, random_image
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
@@ -124,3 +126,16 @@ def test_grayscale_models_get_one_channel(tmp_path):
     x, y = dm.on_after_batch_transfer(next(iter(dm.train_dataloader())), 0)
     assert x.shape == (5, 1, 32, 32)
     assert dm.eval_transform(random_image()).shape == (1, 32, 32)
+
+
+@pytest.mark.parametrize("child, parent, own", [
+    ("cifar100", "cifar10", {"_target_", "root"}),
+    ("imagenet", "folder", {"_target_", "root", "num_workers", "normalize", "eval_crops"}),
+])
+def test_a_dataset_option_inherits_its_parents_keys_and_says_only_what_differs(child, parent, own):
+    from conftest import compose_config
+
+    a, b = compose_config(f"data={child}").data, compose_config(f"data={parent}", "data.root=x").data
+    assert list(a) == list(b)
+    assert {key for key in a if a[key] != b[key]} == own
+    assert not (set(yaml.safe_load((REPO / "conf" / "data" / f"{child}.yaml").read_text())) - own - {"defaults"})

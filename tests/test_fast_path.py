@@ -1,6 +1,8 @@
 """The GPU fast path is on by default on CUDA, off on the CPU, each part runs on the CPU when asked,
 and none of it changes the precision (trainer.precision alone does: tests/test_precision.py)."""
 
+import re
+
 import lightning as L
 import pytest
 import torch
@@ -18,7 +20,7 @@ TRAINER_AUTO = {"accelerator": "auto", "precision": "32-true", "benchmark": None
 
 def test_the_config_has_a_fast_path_section_of_auto_switches():
     cfg = compose_config()
-    assert dict(cfg.fast_path) == {"channels_last": "auto", "cudnn_benchmark": "auto", "compile": False}
+    assert dict(cfg.fast_path) == {"channels_last": "auto", "compile": False}
 
 
 def test_auto_turns_nothing_on_when_training_on_the_cpu(monkeypatch):
@@ -29,19 +31,24 @@ def test_auto_turns_nothing_on_when_training_on_the_cpu(monkeypatch):
 
 
 @pytest.mark.parametrize("accelerator", ["gpu", "cuda", "auto"])
-def test_auto_turns_cudnn_autotuning_and_channels_last_on_when_training_on_cuda_and_keeps_float32(accelerator, monkeypatch):
+def test_auto_turns_channels_last_on_when_training_on_cuda_and_leaves_the_trainers_arguments_alone(accelerator, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     args = {**TRAINER_AUTO, "accelerator": accelerator}
     (callback,) = configure({}, args)
-    assert args["precision"] == "32-true" and args["benchmark"] is True
+    assert args == {**TRAINER_AUTO, "accelerator": accelerator}  # precision and benchmark are the Trainer's
     assert callback.channels_last and callback.compile is False
 
 
-def test_an_explicit_trainer_precision_or_benchmark_wins_over_auto(monkeypatch):
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    args = {**TRAINER_AUTO, "precision": "16-mixed", "benchmark": False}
-    configure({}, args)
-    assert args["precision"] == "16-mixed" and args["benchmark"] is False
+def test_cudnn_autotuning_is_the_trainers_benchmark_on_for_gpu_runs():
+    assert compose_config("trainer=gpu").trainer.benchmark is True
+    assert compose_config("trainer=ddp").trainer.benchmark is True
+    assert compose_config().trainer.benchmark is None  # Lightning's default elsewhere
+
+
+@pytest.mark.parametrize("key, instead", [("bf16", "trainer.precision=bf16-mixed"), ("cudnn_benchmark", "trainer.benchmark=true")])
+def test_the_switches_the_trainer_owns_are_refused_naming_its_key(key, instead):
+    with pytest.raises(ConfigError, match=rf"fast_path\.{key}: is gone: the Trainer owns it; give {re.escape(instead)}"):
+        configure({key: True}, dict(TRAINER_AUTO))
 
 
 def test_true_forces_a_switch_on_the_cpu_and_false_keeps_it_off_on_cuda(monkeypatch):
@@ -49,11 +56,11 @@ def test_true_forces_a_switch_on_the_cpu_and_false_keeps_it_off_on_cuda(monkeypa
     (callback,) = configure({"channels_last": True, "compile": "aot_eager"}, args)
     assert args["precision"] == "32-true" and callback.channels_last and callback.compile == "aot_eager"
     args = {**TRAINER_AUTO, "accelerator": "gpu"}
-    assert configure({"channels_last": False, "cudnn_benchmark": False}, args) == []
+    assert configure({"channels_last": False}, args) == []
     assert args == {**TRAINER_AUTO, "accelerator": "gpu"}
 
 
-@pytest.mark.parametrize("key, value", [("cudnn_benchmark", "yes"), ("channels_last", 1), ("compile", 3), ("fast", True)])
+@pytest.mark.parametrize("key, value", [("channels_last", "yes"), ("channels_last", 1), ("compile", 3), ("fast", True)])
 def test_a_bad_fast_path_value_is_an_error_naming_the_key(key, value):
     with pytest.raises(ConfigError, match="fast_path"):
         configure({key: value}, dict(TRAINER_AUTO))

@@ -5,14 +5,14 @@ training on CUDA and off elsewhere, ``true``/``false`` force it either way:
 
 * ``channels_last``: activations (and conv weights) in NHWC, the layout that
   tensor-core convolutions read without transposing;
-* ``cudnn_benchmark``: cuDNN autotuning (``trainer.benchmark``) where
-  ``trainer.benchmark`` is left at ``null``;
 * ``compile``: ``torch.compile`` the network (``true``: the default
   backend, or a backend's name), in place, so checkpoints keep their keys.
 
 None of them changes the number format: that is ``trainer.precision`` alone
 (and ``tf32``; alexnet/training/precision.py). bf16 is ``trainer.precision=bf16-mixed``,
-asked for on the command line; there is no ``fast_path.bf16`` any more.
+asked for on the command line; cuDNN autotuning is ``trainer.benchmark`` alone
+(``trainer=gpu`` and ``trainer=ddp`` turn it on). This module reads the
+Trainer's arguments and edits none of them.
 
 The rest of the fast path is in the data: workers only decode (and take the
 uint8 crop); flip, lighting and normalisation run batched on the device
@@ -29,8 +29,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from ..errors import ConfigError
 
-SWITCHES = ("channels_last", "cudnn_benchmark")
-DEFAULTS = {"channels_last": "auto", "cudnn_benchmark": "auto", "compile": False}
+SWITCHES = ("channels_last",)
+DEFAULTS = {"channels_last": "auto", "compile": False}
+# Keys that moved to the Trainer, which owns them.
+MOVED = {"bf16": "trainer.precision=bf16-mixed", "cudnn_benchmark": "trainer.benchmark=true"}
 
 
 def _switch(key: str, value, on_cuda: bool) -> bool:
@@ -47,19 +49,17 @@ def trains_on_cuda(trainer_args: dict) -> bool:
 
 
 def configure(fast_path: DictConfig | dict | None, trainer_args: dict) -> list[L.Callback]:
-    """Resolve ``fast_path``: set cuDNN autotuning in ``trainer_args`` (in place) and
-    return the callback that applies channels_last and compile. Precision is left alone."""
+    """Resolve ``fast_path`` for a Trainer built with ``trainer_args`` (read, not changed):
+    the callback that applies channels_last and compile, if any."""
     options = {**DEFAULTS, **(OmegaConf.to_container(fast_path) if isinstance(fast_path, DictConfig) else fast_path or {})}
-    if "bf16" in options:  # removed: it turned bf16 on for CUDA runs that said 32-true
-        raise ConfigError("fast_path.bf16", "is gone: the precision is trainer.precision's alone; "
-                                            "ask for bf16 with trainer.precision=bf16-mixed")
+    for key, instead in MOVED.items():  # bf16 turned itself on for CUDA runs that said 32-true
+        if key in options:
+            raise ConfigError(f"fast_path.{key}", f"is gone: the Trainer owns it; give {instead}")
     unknown = set(options) - set(DEFAULTS)
     if unknown:
         raise ConfigError("fast_path", f"unknown key(s) {sorted(unknown)}; known: {sorted(DEFAULTS)}")
     on_cuda = trains_on_cuda(trainer_args)
     on = {key: _switch(key, options[key], on_cuda) for key in SWITCHES}
-    if on["cudnn_benchmark"] and trainer_args.get("benchmark") is None:
-        trainer_args["benchmark"] = True
     compile_ = options["compile"]
     if not isinstance(compile_, (bool, str)):
         raise ConfigError("fast_path.compile", f"must be true, false or a torch.compile backend, got {compile_!r}")

@@ -53,7 +53,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path) -> L.Trainer:
         callbacks.append(ModelCheckpoint(**last, every_n_train_steps=cfg.checkpoint.every_n_train_steps))
     callbacks += fault_callbacks(cfg.nonfinite_loss, run_dir / CHECKPOINT_DIR / LAST)
     trainer_args = OmegaConf.to_container(cfg.trainer, resolve=True)
-    callbacks += fast_path_callbacks(cfg.get("fast_path"), trainer_args)  # may set benchmark, never precision
+    callbacks += fast_path_callbacks(cfg.get("fast_path"), trainer_args)  # reads them, changes none
     callbacks.append(Precision(tf32=cfg.get("tf32", False)))  # TF32 as asked; logs a run that is not float32
     if trainer_args.get("enable_progress_bar", True):
         callbacks.append(ThroughputProgressBar())
