@@ -14,6 +14,7 @@ from alexnet.data.augment import (
     ten_crop,
 )
 from alexnet.data.presets import BatchEvalTransform, BatchTrainAugment, Normalization
+from alexnet.data.sampling import batch_draws
 
 
 def numpy_lighting(image, alpha, eigval, eigvec, scale):
@@ -120,12 +121,28 @@ def test_normalisation_paper_is_raw_pixels_minus_the_mean_and_imagenet_is_standa
         assert torch.allclose(out, torch.tensor([1.0, 3.0, 10.0]))
 
 
-def test_batched_training_augmentation_returns_normalised_float_crops():
-    norm = Normalization("imagenet")
-    augment = BatchTrainAugment(24, 4, True, Lighting(0.1), norm)
-    x = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
-    out = augment(x)
-    assert out.shape == (8, 3, 24, 24) and out.dtype == torch.float32
+@pytest.mark.parametrize("kind", ["paper", "imagenet"])
+def test_batched_training_augmentation_crops_flips_lights_and_normalises_each_image_as_its_draws_say(kind):
+    mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
+    norm = Normalization(kind, mean, std)
+    augment = BatchTrainAugment(24, 4, True, Lighting(0.1, scale=norm.scale), norm)
+    x = torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    draws = batch_draws(0, 3, range(16))
+    out = augment(x, draws)
+    assert out.shape == (16, 3, 24, 24) and out.dtype == torch.float32
+    padded = np.pad(x.numpy().astype(np.float64), ((0, 0), (0, 0), (4, 4), (4, 4)))
+    flips = 0
+    for i, d in enumerate(draws.numpy()):
+        top, left = int(d[0] * 17), int(d[1] * 17)  # 40 - 24 + 1 positions each way
+        crop = padded[i, :, top : top + 24, left : left + 24] * norm.scale / 255
+        if d[2] < 0.5:
+            crop, flips = crop[..., ::-1], flips + 1
+        lit = numpy_lighting(crop, d[3:6] * 0.1, IMAGENET_EIGVAL, IMAGENET_EIGVEC, norm.scale)
+        expected = (lit - np.array(mean)[:, None, None] * norm.scale) / (np.array(std)[:, None, None] if kind == "imagenet" else 1.0)
+        np.testing.assert_allclose(out[i].numpy(), expected, rtol=1e-5, atol=1e-4 * norm.scale)
+    assert 0 < flips < 16  # the draws flip some images and not others
+    assert torch.equal(augment(x, draws), out)  # the same draws, the same batch
+    assert not torch.equal(augment(x, batch_draws(0, 4, range(16))), out)  # another epoch's, another
     assert "crop_size=24" in repr(augment)
 
 

@@ -29,9 +29,20 @@ def values_and_gradient(layer, x, seed=1):
 
 
 @pytest.fixture
-def native_available():
+def native_available(request):
+    """Skips what needs the native kernel where no C compiler can build it. A case
+    parametrised with ``impl`` is skipped only when it is the native one: the
+    fused (torch ops) cases and their gradchecks need no compiler and always run."""
+    impl = getattr(request.node, "callspec", None) and request.node.callspec.params.get("impl")
+    if impl not in (None, "native"):
+        return
     if native_library() is None:
         pytest.skip("no C compiler here: the native LRN cannot be built")
+
+
+def runnable(impls: list[str]) -> list[str]:
+    """The implementations this machine can run: native only where it could be built."""
+    return [i for i in impls if i != "native" or native_library() is not None]
 
 
 @pytest.fixture
@@ -85,11 +96,11 @@ def test_fast_lrn_passes_gradcheck_in_float64(impl, convention, native_available
     assert torch.autograd.gradcheck(layer, (x,))
 
 
-def test_no_window_reaches_across_a_tower(native_available):
+def test_no_window_reaches_across_a_tower():
     x = activations(1, 8, 4, 4)
     spiked = x.clone()
     spiked[:, 3] += 1000.0  # the last channel of tower one
-    for impl in FAST:
+    for impl in ["torch", *runnable(FAST)]:
         layer = LocalResponseNorm(5, 1e-4, 0.75, None, 2, "paper", impl=impl)
         torch.testing.assert_close(layer(spiked)[:, 4:], layer(x)[:, 4:], rtol=0, atol=0)
 
@@ -171,15 +182,16 @@ def test_the_models_default_is_auto_and_an_unknown_impl_is_an_error():
         create("paper_grouped", lrn_impl="cuda")
 
 
-def test_every_lrn_impl_gives_the_same_network_output(native_available):
+def test_every_lrn_impl_gives_the_same_network_output():
     x = torch.randn(2, 3, 32, 32) * 50
     outputs = []
-    for impl in ["torch", "native", "fused"]:
+    for impl in ["torch", *runnable(["native", "fused"])]:
         torch.manual_seed(0)
         net = create("cifar", num_classes=10, lrn_impl=impl).eval()
         outputs.append(net(x))
-    torch.testing.assert_close(outputs[1], outputs[0], rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(outputs[2], outputs[0], rtol=1e-5, atol=1e-5)
+    assert len(outputs) >= 2
+    for output in outputs[1:]:
+        torch.testing.assert_close(output, outputs[0], rtol=1e-5, atol=1e-5)
 
 
 def test_without_a_compiler_auto_falls_back_to_the_torch_ops_path_with_one_warning(fresh_library, monkeypatch):
