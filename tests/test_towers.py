@@ -8,6 +8,7 @@ network that it also runs whole.
 
 import copy
 import json
+import math
 import socket
 
 import pytest
@@ -122,19 +123,47 @@ def _one_step(rank, world, port, queue):
     init(rank, world, port)
     torch.manual_seed(0)
     tower = Tower(create("paper_grouped", num_classes=1000, init="torch"), rank, dist.group.WORLD)
+    calls = []  # every collective this rank calls, with the tensor it puts in
+    real = {name: getattr(dist, name) for name in ("all_gather", "all_reduce", "reduce_scatter", "broadcast")}
+
+    def recording(name):
+        def call(*args, **kwargs):
+            tensor = args[1] if name in ("all_gather", "reduce_scatter") else args[0]
+            calls.append((name, tuple(tensor.shape)))
+            return real[name](*args, **kwargs)
+        return call
+
+    for name in real:
+        setattr(dist, name, recording(name))
     F.cross_entropy(tower(torch.zeros(2, 3, 224, 224)), torch.tensor([1, 2])).backward()
-    queue.put(tower.exchanged)
+    for name, fn in real.items():
+        setattr(dist, name, fn)
+    queue.put((tower.exchanged, calls))
     dist.destroy_process_group()
 
 
 def test_the_towers_exchange_only_conv3_fc6_fc7_fc8_inputs_and_the_logits():
     queue = mp.get_context("spawn").SimpleQueue()
     spawn(_one_step, 2, queue)
+    (counted, calls), other = queue.get(), queue.get()
+    assert other[1] == calls  # both towers make the same calls
+    # What torch.distributed was really asked to move, batch 2 (gloo: the backward is an all-reduce
+    # of the whole gradient; NCCL reduce-scatters it, sending one tower's half, as counted).
+    forward = [("all_gather", (1, 2)),  # the towers compare their input batches, once
+               ("all_gather", (2, 128, 13, 13)),  # conv3's input: conv2's output, each tower's half
+               ("all_gather", (2, 128 * 6 * 6)),  # fc6's input
+               ("all_gather", (2, 2048)),  # fc7's input
+               ("all_gather", (2, 2048)),  # fc8's input
+               ("all_gather", (2, 500))]  # the logits
+    backward = [("all_reduce", (2, 4096)), ("all_reduce", (2, 4096)), ("all_reduce", (2, 256 * 6 * 6)),
+                ("all_reduce", (2, 256, 13, 13))]  # fc8, fc7, fc6, conv3 inputs' gradients; none for the logits
+    assert calls == forward + backward
     float32 = 4
-    # forward activations and backward gradients of each tower's half, per image
+    sent = sum(math.prod(shape) for op, shape in forward[1:]) * float32  # this tower's halves, to the other tower
+    gradients = sum(math.prod(shape) for op, shape in forward[1:-1]) * float32  # their gradients, half each way
+    assert counted == other[0] == sent + gradients
     meeting_points = 128 * 13 * 13 + 128 * 6 * 6 + 2048 + 2048  # conv3, fc6, fc7, fc8 inputs
-    per_image = 2 * meeting_points * float32 + 500 * float32  # + its half of the logits
-    assert [queue.get(), queue.get()] == [2 * per_image] * 2  # 238.9 KiB per image
+    assert counted == 2 * (2 * meeting_points * float32 + 500 * float32)  # 238.9 KiB per image
 
 
 def test_the_benchmark_prints_throughput_and_bytes_exchanged(tmp_path):
