@@ -70,7 +70,7 @@ def finish(proc: subprocess.Popen, log_dir: Path, timeout: float = 240) -> Resul
 
 def add_callback(monkeypatch, callback, first: bool = False) -> None:
     """Make train.py's trainer carry one more callback (first: before the project's own)."""
-    build = alexnet.trainer.build_trainer
+    build = alexnet.training.trainer.build_trainer
 
     def build_with_callback(cfg, run_dir):
         trainer = build(cfg, run_dir)

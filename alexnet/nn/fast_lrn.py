@@ -23,7 +23,7 @@ recomputes the normaliser ``s`` in the backward pass:
 ``auto``: ``native`` where it applies and loads, ``fused`` elsewhere.
 
 :func:`local_response_norm` takes PyTorch's arguments (alpha is divided by
-the window size); :class:`alexnet.layers.LocalResponseNorm` works them out
+the window size); :class:`alexnet.nn.layers.LocalResponseNorm` works them out
 from the paper's convention.
 """
 

@@ -277,6 +277,10 @@ class AlexNet(nn.Module):
     def conv1(self) -> nn.Conv2d:
         return self.features[0]
 
+    def conv1_kernels(self) -> tuple[torch.Tensor, int]:
+        """conv1's weight, (96, 3, 11, 11) for the paper, and its number of towers (Figure 3)."""
+        return self.conv1.weight.detach(), self.groups
+
 
 def initialise(net: AlexNet, scheme: str) -> None:
     """Initialise weights and biases in place.

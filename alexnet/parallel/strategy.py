@@ -29,7 +29,7 @@ from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.trainer.states import TrainerFn
 from torch.distributed.device_mesh import init_device_mesh
 
-from .towers import TOWERS, Tower, all_gather_cat, check_same_input, split_towers
+from .towers import TOWERS, Tower, all_gather_cat, check_same_input, clip_grad_norm_towers, split_towers
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +79,11 @@ class TowerParallelStrategy(DDPStrategy):
         # The grouped network becomes this rank's tower now that the ranks are known,
         # before Lightning restores a checkpoint into it (load_model_state_dict splits it).
         self.split_module(self.lightning_module)
+        # trainer.gradient_clip_val clips by the norm over both towers' gradients, so that
+        # every tower scales alike (by value it acts per element: the same on a tower).
+        plugin, group = self.precision_plugin, self.tower_group
+        plugin.clip_grad_by_norm = lambda optimizer, clip_val: clip_grad_norm_towers(
+            plugin.main_params(optimizer), clip_val, group)
 
     @property
     def split(self) -> bool:

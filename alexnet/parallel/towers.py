@@ -206,6 +206,10 @@ class Tower(nn.Module):
     def conv1(self) -> nn.Conv2d:
         return self.features[0]
 
+    def conv1_kernels(self) -> tuple[torch.Tensor, int]:
+        """Both towers' conv1 kernels, gathered (every tower must call it), and the number of towers."""
+        return all_gather_cat(self.conv1.weight.detach(), self.group), self.towers
+
 
 def check_same_input(group, *tensors: torch.Tensor) -> None:
     """The towers of ``group`` must see the same images: compare fingerprints of

@@ -8,32 +8,17 @@ alone (the checkpoint also holds the run's whole resolved config).
 from __future__ import annotations
 
 import logging
-import random
 
 import lightning as L
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torchmetrics.classification import MulticlassAccuracy
 
 from ..data.augment import average_crops
 from ..nn.models import create
-from ..parallel.ranks import data_parallel
-from ..parallel.towers import all_gather_cat, clip_grad_norm_towers
 from .optim import CosineToEnd, build_optimizer, warmup_factor
 
 log = logging.getLogger(__name__)
-
-
-def _numpy_state_to_safe(state: tuple) -> dict:
-    name, keys, pos, has_gauss, cached = state
-    return {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-            "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}
-
-
-def _numpy_state_from_safe(state: dict) -> tuple:
-    keys = state["keys"].numpy().astype(np.uint32)
-    return state["name"], keys, state["pos"], state["has_gauss"], state["cached_gaussian"]
 
 
 class AlexNetSystem(L.LightningModule):
@@ -76,13 +61,10 @@ class AlexNetSystem(L.LightningModule):
     def conv1_kernels(self) -> tuple[torch.Tensor, int]:
         """conv1's weight, (96, 3, 11, 11) for the paper, and its number of towers.
 
-        Under model parallelism every rank must call it: the towers' halves are gathered.
+        Every rank must call it: under model parallelism the network (a tower)
+        gathers the other towers' halves.
         """
-        weight = self.net.conv1.weight.detach()
-        group = getattr(self.net, "group", None)
-        if group is None:
-            return weight, self.net.groups
-        return all_gather_cat(weight, group), self.net.towers
+        return self.net.conv1_kernels()
 
     # -- training ---------------------------------------------------------
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
@@ -132,13 +114,6 @@ class AlexNetSystem(L.LightningModule):
     def configure_optimizers(self):
         return build_optimizer(self.net, self.hparams.optim, self.trainer.max_epochs)
 
-    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
-        group = getattr(self.net, "group", None)
-        if group is None or not gradient_clip_val or gradient_clip_algorithm == "value":
-            # (clipping by value acts per element: the same on a tower as on the whole)
-            return super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
-        clip_grad_norm_towers(self.parameters(), gradient_clip_val, group)
-
     def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None):
         # Linear warm-up scales the scheduled learning rate for this one step and
         # puts it back afterwards, so the scheduler's own state never sees it and
@@ -153,49 +128,14 @@ class AlexNetSystem(L.LightningModule):
             group["lr"] = lr
 
     # -- checkpoints ------------------------------------------------------
-    def on_fit_start(self) -> None:
-        # Every process was seeded alike (so the ranks build the same network);
-        # each now gets its own stream for what is drawn per step (dropout), or
-        # all ranks would draw the same masks. The towers of one model-parallel
-        # copy share a stream (each draws the whole dropout mask and keeps its half).
-        # Not L.seed_everything: it rewrites PL_GLOBAL_SEED, which samplers read.
-        # Per-image augmentation does not come from these streams (alexnet/data/sampling.py).
-        rank, size = data_parallel(self.trainer)
-        if size > 1:
-            seed = (self.hparams.config or {}).get("seed", 0) + rank
-            random.seed(seed)
-            np.random.seed(seed)
-            torch.manual_seed(seed)  # every device's generator too
-
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        # Lightning restores weights, optimizer, schedulers and loop counters;
-        # the random state is ours to keep so that a resumed run draws the
-        # same crops, flips, lighting and dropout masks as an uninterrupted one.
-        # Each rank has its own state; rank zero writes them all.
-        state = {
-            "torch": torch.get_rng_state(),
-            # as a tensor and plain scalars, so the file loads with weights_only=True
-            "numpy": _numpy_state_to_safe(np.random.get_state()),
-            "python": random.getstate(),
-            "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None,
-        }
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            states: list = [None] * torch.distributed.get_world_size()
-            torch.distributed.all_gather_object(states, state)
-        else:
-            states = [state]
-        checkpoint["rng_states"] = states
+        # The run's whole config, for evaluate.py and predict.py (alexnet/inference.py).
+        # The random state is the RandomState callback's (alexnet/training/random_state.py).
         if self.hparams.config is not None:
             checkpoint["config"] = self.hparams.config
 
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        # Applied in on_train_start: the sanity-check validation that Lightning
-        # runs between restoring and training draws from the global generator.
-        self._rng_to_restore = checkpoint.get("rng_states")
-
     def on_train_start(self) -> None:
         self._replan_schedules()
-        self._restore_random_state()
 
     def _replan_schedules(self) -> None:
         # A resumed run may have another trainer.max_epochs (extending a finished run).
@@ -204,14 +144,3 @@ class AlexNetSystem(L.LightningModule):
                 lr = config.scheduler.get_last_lr()[0]
                 log.info("the cosine schedule now ends at epoch %d: annealing from lr %.3g at epoch %d to %.3g",
                          self.trainer.max_epochs, lr, config.scheduler.last_epoch, config.scheduler.eta_min)
-
-    def _restore_random_state(self) -> None:
-        states, self._rng_to_restore = getattr(self, "_rng_to_restore", None), None
-        if not states or len(states) != self.trainer.world_size:
-            return  # a different number of processes: keep the fresh per-rank seeds
-        state = states[self.global_rank]
-        torch.set_rng_state(state["torch"])
-        np.random.set_state(_numpy_state_from_safe(state["numpy"]))
-        random.setstate(state["python"])
-        if state.get("cuda") is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state(state["cuda"])

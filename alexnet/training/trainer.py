@@ -16,6 +16,7 @@ from .checkpoints import CHECKPOINT_DIR, LAST, AtomicCheckpointIO
 from .fast_path import configure as fast_path_callbacks
 from .faults import fault_callbacks
 from .precision import Precision
+from .random_state import RandomState
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path) -> L.Trainer:
     # always last.ckpt, never a last-v1.ckpt beside a stale last.ckpt.
     last = dict(dirpath=run_dir / CHECKPOINT_DIR, filename=LAST.removesuffix(".ckpt"), monitor=None, save_top_k=1,
                 enable_version_counter=False)
-    callbacks = [checkpoints, ModelCheckpoint(**last, every_n_epochs=cfg.checkpoint.every_n_epochs),
+    callbacks = [RandomState(cfg.seed), checkpoints, ModelCheckpoint(**last, every_n_epochs=cfg.checkpoint.every_n_epochs),
                  LearningRateMonitor(logging_interval="epoch"), Conv1Kernels(), LRNStrength()]
     if cfg.get("flat_start_steps"):
         callbacks.append(FlatStart(cfg.flat_start_steps))  # warns once if the loss sits at chance
