@@ -20,11 +20,11 @@ from omegaconf import OmegaConf
 from test_train import scalars
 from torch.utils.tensorboard import SummaryWriter
 
-from alexnet.callbacks import LRNProbe
+from alexnet.training.callbacks import LRNProbe
 from alexnet.config import build_datamodule
 from alexnet.errors import ConfigError
-from alexnet.models import count_parameters, create
-from alexnet.summary import summarize
+from alexnet.nn.models import count_parameters, create
+from alexnet.nn.summary import summarize
 
 # The CIFAR-10 sweep's settings (experiment=ablation_cifar) and what each changes from its baseline.
 SWEEP = {
