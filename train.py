@@ -7,7 +7,9 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -28,10 +30,52 @@ from alexnet.training.trainer import build_trainer
 
 log = logging.getLogger("train")
 
+# A run is finished once its final test is written here (with the config it ran);
+# skip_finished=true then skips it (experiment=ablation_cifar: a re-run sweep).
+RESULTS = "results.json"
+# Keys that change how a run is driven, not what it trains and tests.
+NOT_COMPARED = ("ckpt_path", "skip_finished", "trainer.enable_progress_bar")
+
+
+def _flat(config: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        elif f"{prefix}{key}" not in NOT_COMPARED:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def finished_results(cfg: DictConfig, run_dir: Path) -> dict | None:
+    """The results of a finished run in ``run_dir``, or None; one finished with another config is an error."""
+    path = run_dir / RESULTS
+    if not path.is_file():
+        return None
+    saved = json.loads(path.read_text())
+    was, now = _flat(saved["config"]), _flat(OmegaConf.to_container(cfg, resolve=True))
+    changed = sorted(k for k in was.keys() | now.keys() if was.get(k) != now.get(k))
+    if changed:
+        diff = ", ".join(f"{k}: {was.get(k)!r} -> {now.get(k)!r}" for k in changed)
+        raise ConfigError("skip_finished", f"{run_dir} finished with another config ({diff}); give another "
+                          f"run folder, or delete its {RESULTS} to train it again")
+    return saved["results"]
+
+
+def write_results(cfg: DictConfig, run_dir: Path, results: dict) -> None:
+    """RUN/results.json, written aside and renamed into place: a run killed while writing it is not finished."""
+    tmp = run_dir / f".{RESULTS}.{os.getpid()}"
+    tmp.write_text(json.dumps({"results": results, "config": OmegaConf.to_container(cfg, resolve=True)}, indent=1))
+    tmp.replace(run_dir / RESULTS)
+
 
 def train(cfg: DictConfig, run_dir: Path) -> dict:
     """Fit and test as ``cfg`` says, writing everything under ``run_dir``."""
     validate(cfg)
+    if cfg.get("skip_finished") and (done := finished_results(cfg, run_dir)) is not None:
+        print(f"skipped: {run_dir} is finished (top1_error={done['test/top1_error']:.4f} "
+              f"top5_error={done['test/top5_error']:.4f}, from its {RESULTS})")
+        return done
     ckpt = resolve_ckpt_path(cfg.ckpt_path, run_dir)
     L.seed_everything(cfg.seed, workers=True)
 
@@ -65,6 +109,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
             step=trainer.global_step,
         )
         if trainer.is_global_zero:
+            write_results(cfg, run_dir, {**results, "checkpoint": best or None, "test_crops": datamodule.test_crops})
             print(
                 f"top1_error={results['test/top1_error']:.4f} top5_error={results['test/top5_error']:.4f} "
                 f"({datamodule.test_crops} crop{'s' if datamodule.test_crops > 1 else ''}, "

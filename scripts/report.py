@@ -1,15 +1,25 @@
 """Tabulate a sweep: each ingredient's effect on top-1 / top-5 error beside the paper's claim.
 
-    python train.py -m experiment=ablation_cifar data.root=/data/cifar10
-    python scripts/report.py multirun/ablation_cifar/2026-11-23/17-42-24
+    python train.py -m experiment=ablation_cifar data.root=/data/cifar10 hydra.sweep.dir=multirun/ablation_cifar
+    python scripts/report.py multirun/ablation_cifar
     python scripts/report.py RUN_A RUN_B ... --out docs/ablation
 
 Reads every run folder found under the given folders (a folder with a
 ``tensorboard/`` log and a ``.hydra/`` config), groups the runs by their
 ``ablation`` choice (``baseline`` when none), and writes ``report.md`` (the
 mean and spread of top-1 and top-5 error per setting, the change each makes
-against the baseline in percentage points, and the paper's claim) and
-``curves.png`` (validation top-1 error and training loss, mean over seeds).
+against the baseline in percentage points, whether that change is inside or
+outside the seed spread, the LRN strength, and the paper's claim; then each
+run's errors and LRN strength) and ``curves.png`` (validation top-1 error
+and training loss, mean over seeds).
+
+A change is *outside the seed spread* when its size exceeds the larger of
+the two settings' seed ranges (max - min over seeds): a difference that the
+seeds alone did not produce in this sweep. With two seeds a setting this
+is a rule of thumb, not a significance test; with one seed it is not judged.
+A run's LRN strength is its last ``lrn/strength_<layer>`` scalar (measured
+on the first training batch of its last epoch: 1.0 means LRN only divides
+by the constant k^beta).
 A run's error is its final test result (``test/*``, the best checkpoint),
 or its last validation error when no run of the sweep has a test (a run
 without a test among runs with one is unfinished, and is left out). Both go to ``--out``, by
@@ -33,15 +43,19 @@ import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 BASELINE = "baseline"
-# What the paper says removing each ingredient does (top-1, top-5 error change).
+# What the paper says each setting does to top-1 / top-5 error: removing an ingredient
+# (no_*) raises it, adding one (with_*, for a baseline without it) lowers it.
 CLAIMS = {
     "no_lrn": "+1.4 / +1.2 (Section 3.3)",
-    "no_overlap": "+0.4 / +0.3 (Section 3.4)",
+    "no_overlap": "+0.4 / +0.3 at equal output size (Section 3.4)",
     "no_pca": "over +1 top-1 (Section 4.1)",
     "no_dropout": '"substantial overfitting" (Section 4.2)',
     "one_tower": "two towers beat one tower of half the kernels by 1.7 / 1.2 (Section 3.2); here one tower of the same width",
+    "with_pca": "over -1 top-1 (Section 4.1)",
+    "with_dropout": 'lower, once the network would overfit: without it "substantial overfitting" (Section 4.2)',
 }
-ORDER = [BASELINE, "no_lrn", "no_overlap", "no_pca", "no_dropout", "one_tower"]
+ORDER = [BASELINE, "no_lrn", "no_overlap", "one_tower", "with_dropout", "with_pca", "no_pca", "no_dropout"]
+LRN_TAG = "lrn/strength_"
 
 
 @dataclass
@@ -53,6 +67,7 @@ class Run:
     top5: float
     source: str  # test or val
     curves: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+    lrn: dict[str, float] = field(default_factory=dict)  # layer -> its last lrn/strength_<layer>
 
 
 def find_runs(paths: list[Path]) -> list[Path]:
@@ -92,6 +107,8 @@ def read_run(folder: Path) -> Run | None:
                 curves[f"{stage}/top5_error"][-1][1],
                 stage,
                 curves,
+                {tag.removeprefix(LRN_TAG): values[-1][1] for tag, values in sorted(curves.items())
+                 if tag.startswith(LRN_TAG) and values},
             )
     return None
 
@@ -110,37 +127,70 @@ def _mean_spread(values: list[float]) -> str:
     return f"{mean:.2f}{spread}"
 
 
-def _delta(values: list[float], base: list[float] | None) -> str:
+def seed_range(values: list[float]) -> float:
+    """max - min over the seeds, in percentage points (0 for one seed)."""
+    return 100 * (max(values) - min(values))
+
+
+def change(values: list[float], base: list[float] | None) -> str:
+    """The setting's mean minus the baseline's in points, and whether it is outside the seed spread."""
     if not base:
         return "n/a"
-    return f"{100 * (statistics.mean(values) - statistics.mean(base)):+.2f}"
+    delta = 100 * (statistics.mean(values) - statistics.mean(base))
+    if len(values) < 2 or len(base) < 2:
+        return f"{delta:+.2f} (1 seed)"
+    outside = abs(delta) > max(seed_range(values), seed_range(base))
+    return f"{delta:+.2f} ({'outside' if outside else 'inside'})"
+
+
+def _strengths(group: list[Run]) -> str:
+    """Each LRN layer's strength, mean over the runs that logged it; a dash for a network without LRN."""
+    layers = sorted({layer for r in group for layer in r.lrn})
+    if not layers:
+        return "—"
+    return ", ".join(f"{layer} {statistics.mean(r.lrn[layer] for r in group if layer in r.lrn):.3f}" for layer in layers)
 
 
 def table(runs: list[Run]) -> str:
-    """The Markdown table: one row per setting, errors in percent (mean ± sample std over seeds)."""
+    """The Markdown tables: one row per setting (errors in percent, mean ± sample std over
+    seeds), then one per run."""
     by = by_setting(runs)
     base = by.get(BASELINE)
     lines = [
-        "| setting | runs (seeds) | top-1 error % | top-5 error % | top-1 change | top-5 change | the paper's claim (removing it) |",
-        "|---|---|---|---|---|---|---|",
+        "| setting | runs (seeds) | top-1 error % | top-5 error % | top-1 change | top-5 change | LRN strength | the paper's claim |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for s, group in by.items():
         top1, top5 = [r.top1 for r in group], [r.top5 for r in group]
         seeds = ",".join(str(r.seed) for r in sorted(group, key=lambda r: (r.seed is None, r.seed)))
         changes = ("", "") if s == BASELINE else (
-            _delta(top1, base and [r.top1 for r in base]), _delta(top5, base and [r.top5 for r in base]))
+            change(top1, base and [r.top1 for r in base]), change(top5, base and [r.top5 for r in base]))
         lines.append(
             f"| {s} | {len(group)} ({seeds}) | {_mean_spread(top1)} | {_mean_spread(top5)} | "
-            f"{changes[0]} | {changes[1]} | {CLAIMS.get(s, '')} |"
+            f"{changes[0]} | {changes[1]} | {_strengths(group)} | {CLAIMS.get(s, '')} |"
         )
     sources = {r.source for r in runs}
-    lines.append("")
-    lines.append(
+    lines += [
+        "",
         "Errors are each run's final "
         + (" or ".join(f"`{s}/*`" for s in sorted(sources)))
-        + " result; ± is the sample standard deviation over seeds; a change is the setting's mean minus the "
-        "baseline's, in percentage points (positive: the ingredient helped)."
-    )
+        + " result; ± is the sample standard deviation over seeds. A change is the setting's mean minus the "
+        "baseline's, in percentage points: positive means the setting raised the error (for a no_* setting, "
+        "the ingredient it removes helped; for a with_* setting, the one it adds hurt). It is *outside* the seed "
+        "spread when its size exceeds the larger of the two settings' seed ranges (max - min over seeds), "
+        "*inside* otherwise: a rule of thumb for two seeds, not a significance test. LRN strength: each "
+        "run's last `lrn/strength_<layer>` (mean |output| / mean |input / k^beta| on the first training batch "
+        "of its last epoch; 1.0 means LRN only divides by the constant k^beta), mean over seeds.",
+        "",
+    ]
+    layers = sorted({layer for r in runs for layer in r.lrn})
+    header = ["run", "setting", "seed", "top-1 error %", "top-5 error %", *(f"LRN {layer}" for layer in layers)]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for s, group in by.items():
+        for r in sorted(group, key=lambda r: (r.seed is None, r.seed)):
+            cells = [r.folder.name, s, str(r.seed), f"{100 * r.top1:.2f}", f"{100 * r.top5:.2f}",
+                     *(f"{r.lrn[layer]:.3f}" if layer in r.lrn else "—" for layer in layers)]
+            lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
