@@ -7,9 +7,7 @@
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import sys
 from pathlib import Path
 
@@ -25,49 +23,11 @@ from alexnet.config import build_datamodule, check_tower_classes, validate
 from alexnet.errors import ConfigError, TrainingError
 from alexnet.data.labels import check_class_count
 from alexnet.training.faults import EXIT_SIGTERM
+from alexnet.training.results import RESULTS, finished_results, write_results
 from alexnet.training.system import AlexNetSystem
 from alexnet.training.trainer import build_trainer
 
 log = logging.getLogger("train")
-
-# A run is finished once its final test is written here (with the config it ran);
-# skip_finished=true then skips it (experiment=ablation_cifar: a re-run sweep).
-RESULTS = "results.json"
-# Keys that change how a run is driven, not what it trains and tests.
-NOT_COMPARED = ("ckpt_path", "skip_finished", "trainer.enable_progress_bar")
-
-
-def _flat(config: dict, prefix: str = "") -> dict:
-    flat = {}
-    for key, value in config.items():
-        if isinstance(value, dict):
-            flat.update(_flat(value, f"{prefix}{key}."))
-        elif f"{prefix}{key}" not in NOT_COMPARED:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
-def finished_results(cfg: DictConfig, run_dir: Path) -> dict | None:
-    """The results of a finished run in ``run_dir``, or None; one finished with another config is an error."""
-    path = run_dir / RESULTS
-    if not path.is_file():
-        return None
-    saved = json.loads(path.read_text())
-    was, now = _flat(saved["config"]), _flat(OmegaConf.to_container(cfg, resolve=True))
-    changed = sorted(k for k in was.keys() | now.keys() if was.get(k) != now.get(k))
-    if changed:
-        diff = ", ".join(f"{k}: {was.get(k)!r} -> {now.get(k)!r}" for k in changed)
-        raise ConfigError("skip_finished", f"{run_dir} finished with another config ({diff}); give another "
-                          f"run folder, or delete its {RESULTS} to train it again")
-    return saved["results"]
-
-
-def write_results(cfg: DictConfig, run_dir: Path, results: dict) -> None:
-    """RUN/results.json, written aside and renamed into place: a run killed while writing it is not finished."""
-    tmp = run_dir / f".{RESULTS}.{os.getpid()}"
-    tmp.write_text(json.dumps({"results": results, "config": OmegaConf.to_container(cfg, resolve=True)}, indent=1))
-    tmp.replace(run_dir / RESULTS)
-
 
 def train(cfg: DictConfig, run_dir: Path) -> dict:
     """Fit and test as ``cfg`` says, writing everything under ``run_dir``."""

@@ -170,6 +170,9 @@ class LRNStrength(L.Callback):
         self._armed = False
         self._probe: LRNProbe | None = None
 
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._armed = True  # a run resumed in mid-epoch gets no on_train_epoch_start for that epoch
+
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         self._armed = True
 
