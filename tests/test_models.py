@@ -316,3 +316,19 @@ def test_num_classes_sets_the_width_of_the_last_layer():
     assert create("simple_cifar", num_classes=10).classifier[-1].out_features == 10
     with pytest.raises(ValueError, match="num_classes"):
         create("simple_cifar", num_classes=0)
+
+
+@pytest.mark.parametrize("name", sorted(VARIANTS))
+def test_each_variants_yaml_states_exactly_the_options_its_variant_builds_with(name):
+    # A variant's options are written twice, in conf/model/NAME.yaml (what users read and
+    # override) and in VARIANTS (what create() builds without overrides): they must agree.
+    from conftest import compose_config
+    from omegaconf import OmegaConf
+
+    from alexnet.nn.models import OPTIONS, resolve_options
+
+    yaml_options = OmegaConf.to_container(compose_config(f"model={name}").model, resolve=True)
+    assert yaml_options.pop("name") == name and yaml_options.pop("num_classes") is None
+    assert set(yaml_options) == set(OPTIONS), f"conf/model/{name}.yaml lists other keys than the options"
+    built = resolve_options(name)
+    assert {k: v for k, v in yaml_options.items() if built[k] != v} == {}, f"conf/model/{name}.yaml and VARIANTS disagree"
