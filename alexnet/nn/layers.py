@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.utils import _pair
 
-from .fast_lrn import IMPLS, local_response_norm
+from .fast_lrn import local_response_norm
 
 # Section 3.3 of the paper: "k = 2, n = 5, alpha = 1e-4, beta = 0.75".
 # The three published ways of writing the same layer differ only in whether
@@ -69,8 +69,6 @@ class LocalResponseNorm(nn.Module):
             raise ValueError(f"LRN size must be a positive odd number, got {size}")
         if groups < 1:
             raise ValueError(f"LRN groups must be >= 1, got {groups}")
-        if impl not in IMPLS:
-            raise ValueError(f"lrn_impl must be one of {list(IMPLS)}, got {impl!r}")
         divide_by_n, default_k = LRN_CONVENTIONS[convention]
         self.size, self.alpha, self.beta = size, alpha, beta
         self.k = default_k if k is None else float(k)
