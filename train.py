@@ -17,17 +17,17 @@ from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
-from alexnet.training.checkpoints import check_compatible, read_checkpoint, resolve_ckpt_path
-from alexnet.config import check_run_dir_writable, inherit_run_overrides
-from alexnet.config import build_datamodule, check_tower_classes, validate
-from alexnet.errors import ConfigError, TrainingError
+from alexnet.config import build_datamodule, check_run_dir_writable, check_tower_classes, inherit_run_overrides, validate
 from alexnet.data.labels import check_class_count
+from alexnet.errors import ConfigError, TrainingError
+from alexnet.training.checkpoints import check_compatible, read_checkpoint, resolve_ckpt_path
 from alexnet.training.faults import EXIT_SIGTERM
 from alexnet.training.results import RESULTS, finished_results, write_results
 from alexnet.training.system import AlexNetSystem
 from alexnet.training.trainer import build_trainer
 
 log = logging.getLogger("train")
+
 
 def train(cfg: DictConfig, run_dir: Path) -> dict:
     """Fit and test as ``cfg`` says, writing everything under ``run_dir``."""

@@ -181,7 +181,7 @@ class AlexNetDataModule(L.LightningDataModule):
         # trainer.estimated_stepping_batches in configure_optimizers) would train on
         # another epoch's order, or ignore the loader's saved position: stop instead.
         fit_loop = self.trainer.fit_loop
-        epoch = fit_loop.epoch_progress.current.processed
+        epoch = self._epoch()
         drawn = self.train_sampler.iterated_epoch if self.train_sampler is not None else epoch
         pending = False
         if self._first_batch:  # of this fit: a mid-epoch resume must have handed the loader its position
