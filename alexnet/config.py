@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from .errors import ConfigError
 from .files import probe_writable
 from .nn.models import resolve_options
-from .training.optim import SCHEDULES
+from .training.optim import check_optim
 
 RESUME_VALUES = ("last", "auto")
 
@@ -123,20 +123,7 @@ def _check(ok: bool, key: str, message: str) -> None:
 
 
 def validate(cfg: DictConfig) -> None:
-    optim = cfg.optim
-    _check(optim.lr > 0, "optim.lr", f"must be > 0, got {optim.lr}")
-    _check(0 <= optim.momentum < 1, "optim.momentum", f"must be in [0, 1), got {optim.momentum}")
-    _check(optim.weight_decay >= 0, "optim.weight_decay", f"must be >= 0, got {optim.weight_decay}")
-    _check(optim.schedule in SCHEDULES, "optim.schedule", f"must be one of {list(SCHEDULES)}, got {optim.schedule!r}")
-    _check(0 < optim.factor < 1, "optim.factor", f"must be in (0, 1), got {optim.factor}")
-    _check(optim.patience >= 0, "optim.patience", f"must be >= 0, got {optim.patience}")
-    _check(optim.threshold >= 0, "optim.threshold", f"must be >= 0, got {optim.threshold}")
-    drops = optim.get("max_drops")
-    _check(drops is None or (isinstance(drops, int) and not isinstance(drops, bool) and drops >= 0), "optim.max_drops",
-           f"must be an integer >= 0, or null for no cap, got {drops!r}")
-    _check(optim.min_lr >= 0, "optim.min_lr", f"must be >= 0, got {optim.min_lr}")
-    _check(optim.step_size >= 1, "optim.step_size", f"must be >= 1, got {optim.step_size}")
-    _check(optim.warmup_epochs >= 0, "optim.warmup_epochs", f"must be >= 0, got {optim.warmup_epochs}")
+    check_optim(cfg.optim)  # the optim.* keys, by the module that uses them
 
     epochs = cfg.trainer.get("max_epochs")
     _check(epochs is None or epochs == -1 or epochs >= 1, "trainer.max_epochs", f"must be >= 1 (or -1), got {epochs}")

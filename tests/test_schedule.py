@@ -117,3 +117,16 @@ def test_the_paper_schedule_is_built_from_sgd_paper_and_watches_the_validation_e
     assert isinstance(sched, ReduceLROnPlateau) and config["monitor"] == MONITOR == "val/top1_error"
     assert (sched.factor, sched.patience, sched.max_drops) == (0.1, 4, 3)
     assert compose_config().optim.max_drops == 3  # sgd_paper's default
+
+
+def test_the_optim_keys_are_checked_by_the_module_that_builds_the_optimizer():
+    from alexnet.errors import ConfigError
+    from alexnet.training.optim import check_optim
+
+    optim = dict(compose_config().optim)
+    check_optim(optim)
+    for key, bad in (("lr", 0.0), ("momentum", 1.0), ("schedule", "linear"), ("max_drops", -1), ("factor", 1.5)):
+        with pytest.raises(ConfigError, match=rf"^optim\.{key}: "):
+            check_optim({**optim, key: bad})
+    with pytest.raises(ConfigError, match=r"^optim\.schedule: must be one of"):
+        build_optimizer(nn.Linear(2, 2), {**optim, "schedule": "linear"}, 10)

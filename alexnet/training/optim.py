@@ -19,10 +19,34 @@ from torch import nn
 from torch.optim import SGD
 from torch.optim.lr_scheduler import CosineAnnealingLR, LambdaLR, ReduceLROnPlateau, StepLR
 
+from ..errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 SCHEDULES = ("plateau", "step", "cosine", "constant")
 MONITOR = "val/top1_error"  # Section 5: "when the validation error rate stopped improving"
+
+
+def check_optim(optim) -> None:
+    """Every ``optim.*`` key (a ``conf/optim`` option, dict or DictConfig): a ConfigError naming the first bad one."""
+    def need(ok: bool, key: str, message: str) -> None:
+        if not ok:
+            raise ConfigError(f"optim.{key}", message)
+
+    get = optim.get
+    need(get("lr") > 0, "lr", f"must be > 0, got {get('lr')}")
+    need(0 <= get("momentum") < 1, "momentum", f"must be in [0, 1), got {get('momentum')}")
+    need(get("weight_decay") >= 0, "weight_decay", f"must be >= 0, got {get('weight_decay')}")
+    need(get("schedule") in SCHEDULES, "schedule", f"must be one of {list(SCHEDULES)}, got {get('schedule')!r}")
+    need(0 < get("factor", 0.1) < 1, "factor", f"must be in (0, 1), got {get('factor')}")
+    need(get("patience", 5) >= 0, "patience", f"must be >= 0, got {get('patience')}")
+    need(get("threshold", 1e-3) >= 0, "threshold", f"must be >= 0, got {get('threshold')}")
+    drops = get("max_drops")
+    need(drops is None or (isinstance(drops, int) and not isinstance(drops, bool) and drops >= 0), "max_drops",
+         f"must be an integer >= 0, or null for no cap, got {drops!r}")
+    need(get("min_lr", 0.0) >= 0, "min_lr", f"must be >= 0, got {get('min_lr')}")
+    need(get("step_size", 30) >= 1, "step_size", f"must be >= 1, got {get('step_size')}")
+    need(get("warmup_epochs", 0) >= 0, "warmup_epochs", f"must be >= 0, got {get('warmup_epochs')}")
 
 
 def build_optimizer(net: nn.Module, optim: dict, max_epochs: int | None) -> dict:
@@ -67,7 +91,8 @@ def build_optimizer(net: nn.Module, optim: dict, max_epochs: int | None) -> dict
     elif schedule == "constant":
         config["scheduler"] = LambdaLR(optimizer, lambda epoch: 1.0)
     else:
-        raise ValueError(f"optim.schedule must be one of {SCHEDULES}, got {schedule!r}")
+        check_optim(optim)  # names the key (schedule)
+        raise AssertionError(f"unhandled schedule {schedule!r}")
     return {"optimizer": optimizer, "lr_scheduler": config}
 
 
