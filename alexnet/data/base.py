@@ -171,7 +171,7 @@ class AlexNetDataModule(L.LightningDataModule):
             self._check_epoch()
             self.batch_indices = batch.index
         if x.dtype == torch.uint8:  # with batch_augment=False the workers already did it
-            x = self.train_batch(x, batch.draws) if training else self._batch_transform()(x)
+            x = self.train_batch(x, batch.draws) if training else self._eval_transform()(x)
         return x, batch.y
 
     def _check_epoch(self) -> None:
@@ -197,10 +197,8 @@ class AlexNetDataModule(L.LightningDataModule):
                 "trainer.estimated_stepping_batches read in configure_optimizers? (Lightning issue #20550)"
             )
 
-    def _batch_transform(self):
+    def _eval_transform(self):
         trainer = self.trainer
-        if trainer is not None and trainer.training:
-            return self.train_batch
         return self.test_batch if trainer is not None and trainer.testing else self.eval_batch
 
     def _count_bad(self, paths: list[str]) -> None:
