@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from alexnet.config import build_datamodule, check_run_dir_writable, check_tower_classes, inherit_run_overrides, validate
 from alexnet.data.labels import check_class_count
 from alexnet.errors import ConfigError, TrainingError
+from alexnet.parallel.placement import network
 from alexnet.training.checkpoints import check_compatible, read_checkpoint, resolve_ckpt_path
 from alexnet.training.faults import EXIT_SIGTERM
 from alexnet.training.results import RESULTS, finished_results, write_results
@@ -49,7 +50,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     check_tower_classes(cfg, num_classes)
 
     system = AlexNetSystem(
-        model=model,
+        model=network(model),  # the network; where its towers run is the strategy's (build_trainer)
         optim=OmegaConf.to_container(cfg.optim, resolve=True),
         num_classes=num_classes,
         class_names=list(datamodule.class_names),

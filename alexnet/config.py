@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from .errors import ConfigError
 from .files import probe_writable
 from .nn.models import resolve_options
+from .parallel.placement import network, splits_towers
 from .training.optim import check_optim
 
 RESUME_VALUES = ("last", "auto")
@@ -131,11 +132,10 @@ def validate(cfg: DictConfig) -> None:
     model = OmegaConf.to_container(cfg.model, resolve=True)
     classes = model.pop("num_classes", None)
     _check(classes is None or classes >= 1, "model.num_classes", f"must be >= 1 or null, got {classes}")
-    model_name = model.pop("name")
-    resolve_options(model_name, **model)  # the owner of the model.* keys: raises ConfigError naming the key
+    net = network(model)  # the model.* keys but model.placement, whose owner is splits_towers
+    resolve_options(net.pop("name"), **net)  # the owner of the network's keys: raises ConfigError naming the key
 
-    if model_name == "paper_dual_gpu":
-        _check(model.get("groups") == 2, "model.groups", f"paper_dual_gpu is two towers: must be 2, got {model.get('groups')}")
+    if splits_towers(model):  # model=paper_dual_gpu: checks model.placement and model.groups
         strategy = cfg.trainer.get("strategy", "auto")
         _check(strategy in ("auto", "ddp", None), "trainer.strategy",
                f"model=paper_dual_gpu brings its own strategy (alexnet.parallel.strategy); leave it `auto`, got {strategy!r}")
@@ -176,7 +176,7 @@ def device_count(trainer: DictConfig) -> int | None:
 
 def check_tower_classes(cfg: DictConfig, num_classes: int) -> None:
     """``model=paper_dual_gpu`` on two or more devices halves fc8: the classes must split in two."""
-    if cfg.model.name != "paper_dual_gpu" or num_classes % 2 == 0:
+    if not splits_towers(cfg.model) or num_classes % 2 == 0:
         return
     count = device_count(cfg.trainer)
     if (count or 1) > 1 or cfg.trainer.get("num_nodes", 1) > 1:

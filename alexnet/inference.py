@@ -7,6 +7,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from .errors import ConfigError
+from .parallel.placement import network
 from .training.checkpoints import read_checkpoint, resolve_ckpt_path
 from .training.system import AlexNetSystem
 
@@ -19,7 +20,10 @@ def load_system(ckpt_path: str | None) -> tuple[AlexNetSystem, dict, Path]:
     checkpoint = read_checkpoint(path)  # names a truncated or foreign file
     # Lightning's own loader: every checkpoint the trainer writes rebuilds from its hyperparameters
     # (a two-device one too: its tensors are stored in the grouped network's layout).
-    system = AlexNetSystem.load_from_checkpoint(path, map_location="cpu", weights_only=False)
+    # A checkpoint from before model.placement names its network paper_dual_gpu: read it as paper_grouped.
+    model = checkpoint["hyper_parameters"].get("model") or {}
+    upgraded = {"model": network(model)} if network(model) != model else {}
+    system = AlexNetSystem.load_from_checkpoint(path, map_location="cpu", weights_only=False, **upgraded)
     return system.eval(), checkpoint, path
 
 

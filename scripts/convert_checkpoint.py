@@ -1,45 +1,53 @@
-"""Convert a checkpoint between the two-device paper network and the grouped one.
+"""Relabel a checkpoint between the two-device paper network and the grouped one.
 
     python scripts/convert_checkpoint.py RUN/checkpoints/last.ckpt grouped.ckpt   # paper_dual_gpu -> paper_grouped
     python scripts/convert_checkpoint.py grouped.ckpt dual.ckpt                   # paper_grouped -> paper_dual_gpu
     python scripts/convert_checkpoint.py IN OUT --to paper_grouped                # force the direction
 
-The direction is read from IN (the model it was trained as). Both networks
-store their tensors in the grouped layout (alexnet/parallel/towers.py: each tensor is
-the two towers' halves one after the other, momentum included), so the
-conversion checks every tensor against the target network and rewrites the
-model the checkpoint declares: train.py resumes a checkpoint only as the
-model it names (`python train.py model=paper_grouped ckpt_path=OUT`).
+`model=paper_dual_gpu` is `paper_grouped` placed one tower per device
+(alexnet/parallel/placement.py), and both store their tensors in the grouped
+layout (each tensor the two towers' halves one after the other, momentum
+included). So a checkpoint of either resumes as the other without conversion;
+this script rewrites the run config a checkpoint carries (`model.placement`,
+what evaluate.py and a resumed run folder read), checks every tensor against
+the paper's network, and upgrades a checkpoint written before the placement
+was a key (its network was named `paper_dual_gpu`).
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
-
-import torch
-
-from alexnet.training.checkpoints import read_checkpoint
-from alexnet.errors import ConfigError
+from alexnet.errors import ConfigError, TrainingError
 from alexnet.nn.models import create
+from alexnet.parallel.placement import KEY, TOWER_PER_DEVICE, choice, network
+from alexnet.training.checkpoints import atomic_torch_save, read_checkpoint
 
+NETWORK = "paper_grouped"
 PAIRS = {"paper_dual_gpu": "paper_grouped", "paper_grouped": "paper_dual_gpu"}
+
+
+def _placed(model: dict, target: str) -> dict:
+    """``model`` (a run's model config) as the conf/model option ``target``."""
+    net = network(model)
+    return {**net, KEY: TOWER_PER_DEVICE} if target == "paper_dual_gpu" else net
 
 
 def convert(checkpoint: dict, path: Path, to: str | None = None) -> tuple[dict, str, str]:
     """The checkpoint re-declared as ``to`` (default: the other of the pair); (checkpoint, from, to)."""
-    model = dict(checkpoint["hyper_parameters"]["model"])
-    source = model["name"]
-    if source not in PAIRS:
-        raise ConfigError("IN", f"{path} holds a {source!r} network; only {' and '.join(PAIRS)} convert")
+    hparams = checkpoint["hyper_parameters"]
+    model = dict(hparams["model"])
+    config = checkpoint.get("config") if isinstance(checkpoint.get("config"), dict) else hparams.get("config")
+    source = choice({**model, **((config or {}).get("model") or {})})
+    if network(model)["name"] != NETWORK:
+        raise ConfigError("IN", f"{path} holds a {model['name']!r} network; only {' and '.join(PAIRS)} convert")
     target = to or PAIRS[source]
     if target not in PAIRS:
         raise ConfigError("--to", f"must be one of {sorted(PAIRS)}, got {target!r}")
-    options = {k: v for k, v in model.items() if k not in ("name", "num_classes")}
-    net = create(target, checkpoint["hyper_parameters"]["num_classes"], **{**options, "init": "torch"})
+    options = {k: v for k, v in network(model).items() if k not in ("name", "num_classes")}
+    net = create(NETWORK, hparams["num_classes"], **{**options, "init": "torch"})
     expected = {f"net.{k}": tuple(v.shape) for k, v in net.state_dict().items()}
     found = {k: tuple(v.shape) for k, v in checkpoint["state_dict"].items() if k.startswith("net.")}
     if found != expected:
@@ -50,12 +58,12 @@ def convert(checkpoint: dict, path: Path, to: str | None = None) -> tuple[dict, 
             + ", ".join(f"{k} is {found.get(k)}, expected {expected.get(k)}" for k in wrong[:5]),
         )
     out = dict(checkpoint)
-    out["hyper_parameters"] = {**checkpoint["hyper_parameters"], "model": {**model, "name": target}}
-    if isinstance(out["hyper_parameters"].get("config"), dict):
-        config = out["hyper_parameters"]["config"]
-        out["hyper_parameters"]["config"] = {**config, "model": {**config["model"], "name": target}}
+    out["hyper_parameters"] = {**hparams, "model": network(model)}
+    if isinstance(hparams.get("config"), dict):
+        run = hparams["config"]
+        out["hyper_parameters"]["config"] = {**run, "model": _placed(run["model"], target)}
     if isinstance(checkpoint.get("config"), dict):
-        out["config"] = {**checkpoint["config"], "model": {**checkpoint["config"]["model"], "name": target}}
+        out["config"] = {**checkpoint["config"], "model": _placed(checkpoint["config"]["model"], target)}
     return out, source, target
 
 
@@ -72,10 +80,8 @@ def main(argv: list[str]) -> int:
             raise ConfigError("IN", f"no checkpoint file at {args.input}")
         checkpoint, source, target = convert(read_checkpoint(args.input), args.input, args.to)
         args.output.parent.mkdir(parents=True, exist_ok=True)
-        partial = args.output.with_name(f".{args.output.name}.partial")
-        torch.save(checkpoint, partial)
-        os.replace(partial, args.output)  # never a half-written OUT
-    except (ConfigError, OSError) as err:
+        atomic_torch_save(checkpoint, args.output)  # never a half-written OUT
+    except (ConfigError, TrainingError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     print(f"{args.input} ({source}) -> {args.output} ({target})")

@@ -24,8 +24,22 @@ def options(group: str) -> list[str]:
     return sorted(p.stem for p in (REPO / "conf" / group).glob("*.yaml"))
 
 
-def test_the_model_group_lists_exactly_the_variants_of_alexnet_models():
-    assert options("model") == sorted(VARIANTS)
+# conf/model options that place a network rather than define one (alexnet/parallel/placement.py)
+PLACEMENTS = {"paper_dual_gpu": "paper_grouped"}
+
+
+def test_the_model_group_lists_exactly_the_variants_of_alexnet_models_and_the_paper_split():
+    assert options("model") == sorted([*VARIANTS, *PLACEMENTS])
+    assert not set(PLACEMENTS) & set(VARIANTS)  # a placement is not a second network
+
+
+def test_paper_dual_gpu_is_paper_grouped_placed_one_tower_per_device():
+    from omegaconf import OmegaConf
+
+    dual = OmegaConf.to_container(compose_config("model=paper_dual_gpu").model)
+    grouped = OmegaConf.to_container(compose_config("model=paper_grouped").model)
+    assert dual.pop("placement") == "tower_per_device"
+    assert dual == grouped  # inherited, not restated: the same network, name included
 
 
 @pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in options(g)])
@@ -39,7 +53,7 @@ def test_every_option_of_every_group_composes(group, option):
         chosen = resolved[group]
         assert chosen, f"{group}={option} composed to nothing"
     if group == "model":
-        assert resolved["model"]["name"] == option
+        assert resolved["model"]["name"] == PLACEMENTS.get(option, option)
 
 
 def test_the_default_run_is_the_quickstart_on_shapes_data():

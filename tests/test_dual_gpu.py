@@ -75,6 +75,19 @@ def test_a_two_device_checkpoint_evaluates_on_one_device_to_the_same_errors(dual
     assert summary_line(result.stdout).split(" (")[0] == summary_line(stdout).split(" (")[0]
 
 
+def test_a_two_device_checkpoint_resumes_as_paper_grouped_without_conversion(dual_run, tmp_path):
+    # model=paper_dual_gpu is paper_grouped placed: a resume compares the network, not the placement.
+    run, _ = dual_run
+    dual = load(run / "checkpoints" / "last.ckpt")
+    assert dual["hyper_parameters"]["model"]["name"] == "paper_grouped"
+    assert dual["hyper_parameters"]["config"]["model"]["placement"] == "tower_per_device"
+    resumed = train(tmp_path / "as_grouped", *[a for a in DUAL if a not in ("model=paper_dual_gpu", "trainer.devices=2")],
+                    "model=paper_grouped", f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}", "trainer.max_epochs=2",
+                    "test_after_fit=false")
+    assert "resuming" in resumed.stdout + resumed.stderr
+    assert load(tmp_path / "as_grouped" / "checkpoints" / "last.ckpt")["global_step"] == 2 * dual["global_step"]
+
+
 def test_convert_dual_to_grouped_and_back_is_exact(dual_run, tmp_path):
     run, _ = dual_run
     dual = run / "checkpoints" / "last.ckpt"
@@ -85,17 +98,70 @@ def test_convert_dual_to_grouped_and_back_is_exact(dual_run, tmp_path):
     second = run_cli("scripts/convert_checkpoint.py", str(grouped), str(back))
     assert second.returncode == 0, second.stderr
     a, g, b = load(dual), load(grouped), load(back)
-    assert g["hyper_parameters"]["model"]["name"] == "paper_grouped"
-    assert b["hyper_parameters"]["model"] == a["hyper_parameters"]["model"]
+    assert "placement" not in g["hyper_parameters"]["config"]["model"]  # the run config of model=paper_grouped
+    assert g["hyper_parameters"]["model"] == a["hyper_parameters"]["model"]  # the same network
+    assert b["hyper_parameters"] == a["hyper_parameters"]
     for key, value in a["state_dict"].items():
         assert torch.equal(value, b["state_dict"][key]) and torch.equal(value, g["state_dict"][key]), key
     for i, state in a["optimizer_states"][0]["state"].items():
         assert torch.equal(state["momentum_buffer"], b["optimizer_states"][0]["state"][i]["momentum_buffer"])
-    # The grouped checkpoint resumes as paper_grouped on one process.
-    resumed = train(tmp_path / "as_grouped", *[a for a in DUAL if a not in ("model=paper_dual_gpu", "trainer.devices=2")],
-                    "model=paper_grouped", f"ckpt_path={grouped}", "trainer.max_epochs=2", "test_after_fit=false")
-    assert "resuming" in resumed.stdout + resumed.stderr
-    assert load(tmp_path / "as_grouped" / "checkpoints" / "last.ckpt")["global_step"] == 2 * a["global_step"]
+
+
+def legacy(checkpoint: dict) -> dict:
+    """``checkpoint`` as written before model.placement: its network named paper_dual_gpu."""
+    old = dict(checkpoint)
+    model = {k: v for k, v in checkpoint["hyper_parameters"]["config"]["model"].items() if k != "placement"}
+    model["name"] = "paper_dual_gpu"
+    config = {**checkpoint["hyper_parameters"]["config"], "model": model}
+    old["hyper_parameters"] = {**checkpoint["hyper_parameters"], "model": model, "config": config}
+    return old
+
+
+def test_a_checkpoint_from_before_the_placement_key_evaluates_converts_and_resumes(dual_run, tmp_path):
+    from alexnet.training.checkpoints import check_compatible
+
+    run, stdout = dual_run
+    best = next((run / "checkpoints").glob("best-*.ckpt"))
+    old = tmp_path / "old.ckpt"
+    torch.save(legacy(load(best)), old)
+    evaluated = run_cli("scripts/evaluate.py", f"ckpt_path={old}")
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    assert summary_line(evaluated.stdout).split(" (")[0] == summary_line(stdout).split(" (")[0]
+    converted = run_cli("scripts/convert_checkpoint.py", str(old), str(tmp_path / "grouped.ckpt"))
+    assert converted.returncode == 0 and "(paper_dual_gpu)" in converted.stdout, converted.stderr
+    assert load(tmp_path / "grouped.ckpt")["hyper_parameters"]["model"] == load(best)["hyper_parameters"]["model"]
+    for placed in ("paper_dual_gpu", "paper_grouped"):  # either placement resumes it
+        model = {**load(best)["hyper_parameters"]["config"]["model"]}
+        if placed == "paper_grouped":
+            model.pop("placement")
+        check_compatible(legacy(load(best)), old, model, 10)
+
+
+def test_resuming_compares_the_network_and_names_what_differs(dual_run):
+    from alexnet.training.checkpoints import check_compatible
+
+    run, _ = dual_run
+    checkpoint = load(run / "checkpoints" / "last.ckpt")
+    model = {**checkpoint["hyper_parameters"]["config"]["model"], "dropout": 0.1}
+    with pytest.raises(ConfigError, match=r"model\.dropout: checkpoint has 0\.5, this run has 0\.1") as err:
+        check_compatible(checkpoint, run / "last.ckpt", model, 10)
+    assert "placement" not in str(err.value)
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["model=paper_dual_gpu", "model.placement=everywhere"],
+     r"^model\.placement: must be one of \['one_device', 'tower_per_device'\], got 'everywhere'"),
+    (["model=cifar", "+model.placement=tower_per_device"],
+     r"^model\.placement: tower_per_device splits the paper's network \(model=paper_dual_gpu\); model 'cifar'"),
+    (["model=paper_dual_gpu", "model.groups=1"], r"^model\.groups: model=paper_dual_gpu is two towers: must be 2, got 1"),
+])
+def test_a_placement_that_cannot_split_the_network_is_refused_naming_the_key(overrides, message):
+    from conftest import compose_config
+
+    from alexnet.config import validate
+
+    with pytest.raises(ConfigError, match=message):
+        validate(compose_config(*overrides))
 
 
 def test_convert_refuses_another_network_by_name(tmp_path):

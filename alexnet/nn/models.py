@@ -82,15 +82,8 @@ VARIANTS: dict[str, Variant] = {
         "the paper's network on one device, two towers as groups=2",
         options={"groups": 2},
     ),
-    # Section 3.2: the same network with one tower per device (alexnet/parallel/towers.py,
-    # alexnet/parallel/strategy.py); on one device it is paper_grouped.
-    "paper_dual_gpu": Variant(
-        PAPER_CONVS,
-        (4096, 4096),
-        224,
-        "the paper's network split over two devices, one tower each (grouped on one device)",
-        options={"groups": 2},
-    ),
+    # model=paper_dual_gpu is this network placed one tower per device (conf/model/paper_dual_gpu.yaml,
+    # alexnet/parallel/placement.py): a placement, not another network.
     "paper_single_tower": Variant(
         PAPER_CONVS, (4096, 4096), 224, "the paper's widths without towers"
     ),
@@ -349,7 +342,7 @@ def resolve_options(name: str, **overrides) -> dict:
             raise ConfigError(f"model.{key}", f"must be >= 1, got {options[key]}")
     if options["groups"] > 1 and not any(conv.tower_local for conv in variant.convs):
         raise ConfigError("model.groups", f"{name} has no towers, so groups={options['groups']} would change nothing; "
-                          "leave it 1 (the networks with towers: cifar, paper_grouped, paper_dual_gpu)")
+                          "leave it 1 (the networks with towers: cifar, paper_grouped)")
     if options["lrn"] and options["norm"] != "lrn" and any(conv.lrn for conv in variant.convs):
         warnings.warn(f"model.lrn=true does nothing with model.norm={options['norm']}: that norm layer takes LRN's place "
                       "(give model.lrn=false to say so)", stacklevel=2)

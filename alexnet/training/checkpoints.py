@@ -26,6 +26,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from ..errors import ConfigError, TrainingError
 from ..files import PARTIAL_SUFFIX, atomic_path, probe_writable, remove_partial_files
+from ..parallel.placement import network
 
 __all__ = ["PARTIAL_SUFFIX", "AtomicCheckpointIO", "atomic_torch_save", "check_compatible", "check_writable",
            "read_checkpoint", "resolve_ckpt_path"]
@@ -145,10 +146,14 @@ def read_checkpoint(path: Path) -> dict:
 
 
 def check_compatible(checkpoint: dict, path: Path, model: dict, num_classes: int) -> None:
-    """Refuse to resume a checkpoint of another variant, option set or class count."""
+    """Refuse to resume a checkpoint of another variant, option set or class count.
+
+    The network is compared, not its placement: a ``paper_dual_gpu`` checkpoint
+    resumes as ``paper_grouped`` and back (alexnet/parallel/placement.py).
+    """
     saved = checkpoint["hyper_parameters"]
-    theirs = {**saved["model"], "num_classes": saved["num_classes"]}
-    ours = {**model, "num_classes": num_classes}
+    theirs = {**network(saved["model"]), "num_classes": saved["num_classes"]}
+    ours = {**network(model), "num_classes": num_classes}
     mismatches = [
         f"  model.{key}: checkpoint has {theirs.get(key)!r}, this run has {ours.get(key)!r}"
         for key in sorted(set(theirs) | set(ours))

@@ -25,8 +25,8 @@ class AlexNetSystem(L.LightningModule):
     """SGD training and top-1 / top-5 evaluation of an AlexNet variant.
 
     Args:
-        model: the keys of a ``conf/model`` option: ``name`` and the overrides
-            of :func:`alexnet.nn.models.create`.
+        model: the network: ``name`` and the overrides of :func:`alexnet.nn.models.create`
+            (a ``conf/model`` option without its placement, alexnet.parallel.placement.network).
         optim: the keys of a ``conf/optim`` option (see :mod:`alexnet.training.optim`).
         num_classes: the number of classes of the dataset.
         class_names: human-readable class names, for predictions.

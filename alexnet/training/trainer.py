@@ -10,6 +10,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
+from ..parallel.placement import splits_towers
 from ..parallel.strategy import TowerParallelStrategy
 from .callbacks import Conv1Kernels, FlatStart, LRNStrength, ThroughputProgressBar
 from .checkpoints import CHECKPOINT_DIR, LAST, AtomicCheckpointIO
@@ -58,7 +59,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path) -> L.Trainer:
     callbacks.append(Precision(tf32=cfg.get("tf32", False)))  # TF32 as asked; logs a run that is not float32
     if trainer_args.get("enable_progress_bar", True):
         callbacks.append(ThroughputProgressBar())
-    if cfg.model.name == "paper_dual_gpu":
+    if splits_towers(cfg.model):  # model=paper_dual_gpu
         trainer_args["strategy"] = dual_gpu_strategy(trainer_args)
     # TensorBoard writes to RUN/tensorboard; a resumed run appends to the same folder.
     logger = TensorBoardLogger(save_dir=str(run_dir), name="tensorboard", version="", default_hp_metric=False)
