@@ -15,11 +15,21 @@ RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev \
     && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /app
-# Dependencies first, so that editing the code does not reinstall them. The
-# base image's torch satisfies the requirement and is kept.
-COPY pyproject.toml README.md ./
+# Dependencies first, in a layer of their own that reads only pyproject.toml, so
+# that editing the code (alexnet/, conf/, scripts/, train.py) does not reinstall
+# them. The base image's torch satisfies the requirement and is kept. Optional
+# integrations: docker build --build-arg EXTRAS=export,wandb ...
+ARG EXTRAS=""
+COPY pyproject.toml ./
+RUN python -c "import os, tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
+extras = [e for e in os.environ['EXTRAS'].split(',') if e]; \
+print('\n'.join(p['dependencies'] + [r for e in extras for r in p['optional-dependencies'][e]]))" \
+    > /tmp/requirements.txt \
+    && pip install -r /tmp/requirements.txt
+# Then the code: the package itself (no dependencies left to fetch), the configs and scripts.
+COPY README.md ./
 COPY alexnet ./alexnet
-RUN pip install .
+RUN pip install --no-deps .
 COPY conf ./conf
 COPY scripts ./scripts
 COPY train.py ./
