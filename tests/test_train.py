@@ -6,6 +6,7 @@ model-by-dataset smoke runs call train.train() in-process to stay fast.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -126,6 +127,26 @@ def test_the_default_command_trains_to_at_most_10_percent_error(tmp_path):
     assert top1 <= 0.10
     assert REQUIRED_TAGS <= set(scalars(run))
     assert (run / "checkpoints" / "last.ckpt").is_file()
+    # A clean first run: no library deprecation warnings, no advert, and real FLOPs in the summary.
+    output = result.stdout + result.stderr
+    noise = [line for line in output.splitlines()
+             if re.search(r"DeprecationWarning|FutureWarning|is deprecated|💡 Tip", line)]
+    assert noise == []
+    assert "Total FLOPs: 0 " not in output and re.search(r"Total FLOPs: [1-9][\d.]* M", output)
+
+
+def test_lightnings_model_summary_counts_the_networks_multiply_adds_twice_per_image():
+    # Its FLOPs column (a forward of system.example_input_array, one image) is 2 x the
+    # multiply-adds that alexnet.nn.summary derives from the layer shapes.
+    from lightning.pytorch.utilities.model_summary import ModelSummary
+
+    from alexnet.nn.summary import summarize
+    from alexnet.training.system import AlexNetSystem
+
+    for name in ("cifar", "paper_grouped"):
+        system = AlexNetSystem({"name": name, "init": "torch"}, {"name": "sgd"}, num_classes=10)
+        assert tuple(system.example_input_array.shape) == (1, 3, system.net.input_size, system.net.input_size)
+        assert ModelSummary(system).total_flops == 2 * summarize(system.net).macs, name
 
 
 def test_evaluate_and_predict_name_a_missing_file_without_a_traceback(tiny_run, tmp_path):

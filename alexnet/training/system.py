@@ -46,6 +46,10 @@ class AlexNetSystem(L.LightningModule):
         options = {k: v for k, v in model.items() if k not in ("name", "num_classes")}
         self.net = create(model["name"], num_classes, **options)
         self.class_names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
+        # Lightning's model summary runs one image through the network to fill its FLOPs
+        # and sizes columns (without an example it prints "Total FLOPs: 0"): per image.
+        # Every rank computes it, so a tower's forward meets its partner's (alexnet/parallel).
+        self.example_input_array = torch.zeros(1, self.net.in_channels, self.net.input_size, self.net.input_size)
         # With fewer than 5 classes top-5 is clipped to top-(num_classes).
         self.topk = {"top1": 1, "top5": min(5, num_classes)}
         # 1 - accuracy is a torchmetrics CompositionalMetric: Lightning logs it
