@@ -21,7 +21,7 @@ from test_layers import activations, reference_lrn
 
 import train as train_script
 from alexnet.errors import ExportError
-from alexnet.inference import load_system
+from alexnet.inference import load_system, sample_images
 from alexnet.nn.export import TOLERANCE, compare, export_onnx, onnx_lrn_attributes, onnx_ops, runner
 from alexnet.nn.layers import LRN_CONVENTIONS, LocalResponseNorm
 
@@ -201,6 +201,18 @@ def test_a_two_device_checkpoint_exports_as_the_grouped_network(grouped_ckpt, tm
     with torch.no_grad():
         got = torch.export.load(str(dual.with_suffix(".pt2"))).module()(x)
     compare(logits(grouped_ckpt, x), got, "paper_dual_gpu")
+
+
+def test_the_check_uses_the_checkpoints_validation_images_or_says_why_it_cannot(cifar_ckpt):
+    checkpoint = torch.load(cifar_ckpt, map_location="cpu", weights_only=False)
+    here = compose_config()
+    batches, why = sample_images(checkpoint, here, [], 3)
+    assert why is None and {name: tuple(x.shape) for name, x in batches.items()} == {
+        "random": (3, 3, 32, 32), "validation": (3, 3, 32, 32)}
+    # Data that is not on this machine is not downloaded: the random images alone, and the reason.
+    elsewhere = ["data=cifar10", "data.root=/nonexistent/cifar10"]
+    batches, why = sample_images(checkpoint, compose_config(*elsewhere), elsewhere, 3)
+    assert set(batches) == {"random"} and "/nonexistent/cifar10" in why
 
 
 # ---------------------------------------------------------------- refusals: one line, nothing written
