@@ -1,4 +1,4 @@
-"""The error users see for a bad configuration value or input path."""
+"""The errors users see: a bad configuration value or input path, a run that cannot go on, an export that is wrong."""
 
 
 class ConfigError(ValueError):
@@ -17,4 +17,11 @@ class TrainingError(RuntimeError):
 
     The message names the step or the file, and what was kept; ``train.py``
     prints it as one line and exits with status 1.
+    """
+
+
+class ExportError(RuntimeError):
+    """An exported file does not compute what its checkpoint computes (alexnet/nn/export.py).
+
+    The message names the largest difference and the tolerance; the file is not written.
     """

@@ -1,11 +1,14 @@
-"""Using a finished checkpoint: rebuild its system and its data, evaluate, predict."""
+"""Using a finished checkpoint: rebuild its system and its data, evaluate, predict, export."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 
+from .config import build_datamodule
 from .errors import ConfigError
 from .parallel.placement import network
 from .training.checkpoints import read_checkpoint, resolve_ckpt_path
@@ -53,3 +56,33 @@ def run_precision(checkpoint: dict, cfg: DictConfig, overrides: list[str]) -> tu
     precision = cfg.trainer.precision if "trainer.precision" in given else stored.get("trainer", {}).get("precision", cfg.trainer.precision)
     tf32 = cfg.get("tf32", False) if "tf32" in given else stored.get("tf32", False)
     return str(precision), bool(tf32)
+
+
+def sample_images(checkpoint: dict, cfg: DictConfig, overrides: list[str], count: int) -> tuple[dict[str, torch.Tensor], str | None]:
+    """Batches of at most ``count`` images as the checkpoint's network sees them at evaluation
+    (its data config, :func:`data_config`): for checking an export against the checkpoint.
+
+    ``random``: uniformly random pixels (seed 0) through the evaluation transform
+    (resize, centre crop, normalisation), always; ``validation``: the first images
+    of the validation split, when the data is on this machine (never downloaded).
+    With ten-crop evaluation each crop counts as an image. Returns the batches by
+    name and, when there is no validation batch, why not.
+    """
+    data = data_config(checkpoint, cfg, overrides)
+    preview = build_datamodule(data, require_data=False)  # a bad data.* value is an error here
+    g = torch.Generator().manual_seed(0)
+    pixels = torch.randint(0, 256, (count, preview.channels, preview.resize_size, preview.resize_size), generator=g)
+    batches = {"random": _images(preview.eval_batch(pixels.to(torch.uint8)), count)}
+    try:
+        # one batch of `count` images, read in this process
+        datamodule = build_datamodule(OmegaConf.merge(data, {"batch_size": count, "num_workers": 0}))
+        x, _ = datamodule.on_after_batch_transfer(next(iter(datamodule.val_dataloader())), 0)
+    except (ConfigError, OSError, InstantiationException, StopIteration) as err:
+        return batches, f"no validation images ({str(err).splitlines()[0] if str(err) else type(err).__name__})"
+    batches["validation"] = _images(x, count)
+    return batches, None
+
+
+def _images(x: torch.Tensor, count: int) -> torch.Tensor:
+    """(B, C, H, W), or ten crops (B, 10, C, H, W) as B*10 images: the first ``count``, float32."""
+    return x.reshape(-1, *x.shape[-3:])[:count].float().contiguous()
