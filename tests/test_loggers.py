@@ -9,6 +9,7 @@ extras: asking for one that is not installed is a one-line error before anything
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -57,6 +58,12 @@ def test_the_default_is_tensorboard_alone_in_the_run_folder_as_before(tmp_path):
     assert type(logger).__name__ == "TensorBoardLogger" and Path(logger.log_dir) == tmp_path / "tensorboard"
 
 
+def test_keys_that_lightning_passes_on_are_accepted():
+    check_loggers(compose_config("+logger.tensorboard.flush_secs=5").logger)  # to SummaryWriter
+    if importlib.util.find_spec("wandb"):
+        check_loggers(compose_config("logger=wandb", "+logger.wandb.group=ablation").logger)  # to wandb.init
+
+
 def test_a_list_of_options_chooses_several_loggers_in_its_order(tmp_path):
     cfg = compose_config("logger=[csv,tensorboard]", "logger.csv.flush_logs_every_n_steps=7")
     assert list(cfg.logger) == ["csv", "tensorboard"]  # each option's keys under logger.NAME
@@ -89,6 +96,7 @@ def test_a_tracker_that_is_not_installed_is_a_one_line_error_naming_its_extra(ex
 
 @pytest.mark.parametrize("overrides,key", [
     (["logger=csv", "+logger.csv.bogus=1"], "logger.csv.bogus"),  # not an argument of CSVLogger
+    (["+logger.tensorboard.flush_sec=5"], "logger.tensorboard.flush_sec"),  # nor of SummaryWriter (flush_secs)
     (["+logger.tensorboard.save_dir=/elsewhere"], "logger.tensorboard.save_dir"),  # always the run folder
     (["+logger.neptune={}"], "logger.neptune"),  # a key that is no option of the group
     (["~logger"], "logger"),  # no logger at all

@@ -56,11 +56,28 @@ def check_loggers(logger: DictConfig | None) -> None:
         for key in keys:
             if key in OWNED:
                 raise ConfigError(f"logger.{name}.{key}", "is the run folder, always: give hydra.run.dir instead")
-        accepts = inspect.signature(cls.__init__).parameters
-        if not any(p.kind is p.VAR_KEYWORD for p in accepts.values()):  # WandbLogger passes the rest to wandb.init
-            for key in keys:
-                if key not in accepts:
-                    raise ConfigError(f"logger.{name}.{key}", f"is not an argument of {cls.__name__}")
+        accepts = arguments(name)
+        for key in keys:
+            if key not in accepts:
+                raise ConfigError(f"logger.{name}.{key}", f"is not an argument of {cls.__name__}")
+
+
+def arguments(name: str) -> set[str]:
+    """The keys a logger takes: its class's arguments, and those of where it passes the rest."""
+    def named(function) -> set[str]:
+        return {p.name for p in inspect.signature(function).parameters.values()
+                if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)} - {"self"}
+
+    keys = named(LOGGERS[name][0].__init__)
+    if name == "tensorboard":  # TensorBoardLogger(**kwargs) -> SummaryWriter
+        from torch.utils.tensorboard import SummaryWriter
+
+        keys |= named(SummaryWriter.__init__)
+    elif name == "wandb":  # WandbLogger(**kwargs) -> wandb.init
+        import wandb
+
+        keys |= named(wandb.init)
+    return keys
 
 
 def build_loggers(logger: DictConfig, run_dir: Path) -> list[Logger]:
