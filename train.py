@@ -23,6 +23,7 @@ from alexnet.errors import ConfigError, TrainingError
 from alexnet.parallel.placement import network
 from alexnet.training.checkpoints import check_compatible, read_checkpoint, resolve_ckpt_path
 from alexnet.training.faults import EXIT_SIGTERM
+from alexnet.training.loggers import log_final_hyperparameters
 from alexnet.training.results import RESULTS, finished_results, write_results
 from alexnet.training.system import AlexNetSystem
 from alexnet.training.trainer import build_trainer
@@ -64,11 +65,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
         best = trainer.checkpoint_callback.best_model_path
         (results,) = trainer.test(system, datamodule=datamodule, ckpt_path=best or None, verbose=False)
         # TensorBoard's HPARAMS tab: the run's config against its final errors.
-        trainer.logger.log_hyperparams(
-            OmegaConf.to_container(cfg, resolve=True),
-            {"test/top1_error": results["test/top1_error"], "test/top5_error": results["test/top5_error"]},
-            step=trainer.global_step,
-        )
+        log_final_hyperparameters(trainer.loggers, OmegaConf.to_container(cfg, resolve=True), results, trainer.global_step)
         if trainer.is_global_zero:
             write_results(cfg, run_dir, {**results, "checkpoint": best or None, "test_crops": datamodule.test_crops})
             print(

@@ -23,6 +23,7 @@ from .errors import ConfigError
 from .files import probe_writable
 from .nn.models import resolve_options
 from .parallel.placement import network, splits_towers
+from .training.loggers import check_loggers
 from .training.optim import check_optim
 
 RESUME_VALUES = ("last", "auto")
@@ -125,6 +126,7 @@ def _check(ok: bool, key: str, message: str) -> None:
 
 def validate(cfg: DictConfig) -> None:
     check_optim(cfg.optim)  # the optim.* keys, by the module that uses them
+    check_loggers(cfg.get("logger"))  # the logger.* keys, and a tracker that is not installed
 
     epochs = cfg.trainer.get("max_epochs")
     _check(epochs is None or epochs == -1 or epochs >= 1, "trainer.max_epochs", f"must be >= 1 (or -1), got {epochs}")

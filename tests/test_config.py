@@ -17,7 +17,7 @@ import train as train_script
 from alexnet.errors import ConfigError
 from alexnet.nn.models import VARIANTS
 
-GROUPS = ("model", "data", "trainer", "optim", "experiment")
+GROUPS = ("model", "data", "trainer", "optim", "logger", "experiment")
 
 
 def options(group: str) -> list[str]:

@@ -50,7 +50,7 @@ def tiny_run(tmp_path_factory) -> tuple[Path, str]:
 def test_a_run_logs_exactly_the_documented_tensorboard_tags(tiny_run):
     run, _ = tiny_run
     tags = scalars(run)
-    # README, "TensorBoard": these and no others (Lightning adds `epoch`, the x-axis of per-epoch plots)
+    # README, "Loggers": these and no others (Lightning adds `epoch`, the x-axis of per-epoch plots)
     assert set(tags) == REQUIRED_TAGS | LRN_TAGS | {"test/loss", "test/top1_error", "test/top5_error", "epoch"}
     for tag in REQUIRED_TAGS - {"train/loss", "val/loss", "lr"}:
         assert all(0.0 <= v <= 1.0 for _, v in tags[tag]), f"{tag} is not an error fraction"

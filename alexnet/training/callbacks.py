@@ -10,13 +10,13 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.callbacks import RichProgressBar
-from lightning.pytorch.loggers import TensorBoardLogger
 from torch import nn
 from torchvision.utils import make_grid
 
 from ..nn.layers import LocalResponseNorm
 from ..nn.models import resolve_options
 from ..parallel.ranks import data_parallel
+from .loggers import log_image
 
 log = logging.getLogger(__name__)
 
@@ -35,16 +35,17 @@ def conv1_kernel_grids(weight: torch.Tensor, towers: int = 1, scale: int = 3) ->
 
 
 class Conv1Kernels(L.Callback):
-    """Logs conv1's kernels to TensorBoard every epoch, one image per tower."""
+    """Logs conv1's kernels every epoch, one image per tower, to every logger that takes
+    images (TensorBoard, W&B, MLflow; not CSV)."""
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         weight, towers = pl_module.conv1_kernels()  # on every rank: towers may have to be gathered
         if not trainer.is_global_zero:
             return
+        grids = conv1_kernel_grids(weight, towers)
         for logger in trainer.loggers:
-            if isinstance(logger, TensorBoardLogger):
-                for tower, grid in enumerate(conv1_kernel_grids(weight, towers), start=1):
-                    logger.experiment.add_image(f"conv1_kernels/tower_{tower}", grid, trainer.global_step)
+            for tower, grid in enumerate(grids, start=1):
+                log_image(logger, f"conv1_kernels/tower_{tower}", grid, trainer.global_step)
 
 
 class FlatStart(L.Callback):

@@ -16,16 +16,19 @@ from ..errors import ConfigError
 from ..files import atomic_path
 
 RESULTS = "results.json"
-# Keys that change how a run is driven, not what it trains and tests.
-NOT_COMPARED = ("ckpt_path", "skip_finished", "trainer.enable_progress_bar")
+# Keys that change how a run is driven, not what it trains and tests (a key here leaves out
+# all of its subkeys: where the metrics go, logger.*, is not part of what a run computed).
+NOT_COMPARED = ("ckpt_path", "skip_finished", "trainer.enable_progress_bar", "logger")
 
 
 def _flat(config: dict, prefix: str = "") -> dict:
     flat = {}
     for key, value in config.items():
+        if f"{prefix}{key}" in NOT_COMPARED:
+            continue
         if isinstance(value, dict):
             flat.update(_flat(value, f"{prefix}{key}."))
-        elif f"{prefix}{key}" not in NOT_COMPARED:
+        else:
             flat[f"{prefix}{key}"] = value
     return flat
 

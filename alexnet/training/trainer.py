@@ -1,4 +1,4 @@
-"""The Lightning Trainer of a run: its logger, checkpoints and callbacks, all under the run folder."""
+"""The Lightning Trainer of a run: its loggers, checkpoints and callbacks, all under the run folder."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ from pathlib import Path
 
 import lightning as L
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
-from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
 from ..parallel.placement import splits_towers
@@ -16,6 +15,7 @@ from .callbacks import Conv1Kernels, FlatStart, LRNStrength, ThroughputProgressB
 from .checkpoints import CHECKPOINT_DIR, LAST, AtomicCheckpointIO
 from .fast_path import configure as fast_path_callbacks
 from .faults import fault_callbacks
+from .loggers import build_loggers
 from .precision import Precision
 from .random_state import RandomState
 
@@ -31,7 +31,7 @@ def dual_gpu_strategy(trainer_args: dict):
 
 
 def build_trainer(cfg: DictConfig, run_dir: Path) -> L.Trainer:
-    """``lightning.Trainer(**cfg.trainer)`` with the run's logger, checkpoints and callbacks."""
+    """``lightning.Trainer(**cfg.trainer)`` with the run's loggers, checkpoints and callbacks."""
     checkpoints = ModelCheckpoint(
         dirpath=run_dir / CHECKPOINT_DIR,
         filename="best-epoch{epoch:03d}-top1err{val/top1_error:.4f}",
@@ -61,8 +61,8 @@ def build_trainer(cfg: DictConfig, run_dir: Path) -> L.Trainer:
         callbacks.append(ThroughputProgressBar())
     if splits_towers(cfg.model):  # model=paper_dual_gpu
         trainer_args["strategy"] = dual_gpu_strategy(trainer_args)
-    # TensorBoard writes to RUN/tensorboard; a resumed run appends to the same folder.
-    logger = TensorBoardLogger(save_dir=str(run_dir), name="tensorboard", version="", default_hp_metric=False)
+    # conf/logger/: RUN/tensorboard by default (a resumed run appends to it), or several loggers.
+    loggers = build_loggers(cfg.logger, run_dir)
     # Every checkpoint is written aside and renamed into place (alexnet/training/checkpoints.py).
-    return L.Trainer(**trainer_args, logger=logger, callbacks=callbacks, plugins=[AtomicCheckpointIO()],
+    return L.Trainer(**trainer_args, logger=loggers, callbacks=callbacks, plugins=[AtomicCheckpointIO()],
                      default_root_dir=str(run_dir))

@@ -1,0 +1,128 @@
+"""The run's loggers: ``cfg.logger`` (conf/logger/) as Lightning loggers writing under the run folder.
+
+One option or several (``logger=[tensorboard,csv]``): each chosen option is a
+key of ``cfg.logger`` whose keys go to its Lightning class, with the run
+folder as its ``save_dir``. The trackers that are not dependencies of the
+project (W&B, MLflow) are extras; asking for one that is not installed is a
+ConfigError raised by :func:`check_loggers` while the config is validated,
+before any data is read.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import os
+from pathlib import Path
+
+import torch
+from lightning.pytorch.loggers import CSVLogger, Logger, MLFlowLogger, TensorBoardLogger, WandbLogger
+from omegaconf import DictConfig, OmegaConf
+
+from ..errors import ConfigError
+
+# option -> (Lightning's class, the module it needs, the pyproject extra that installs it)
+LOGGERS = {
+    "tensorboard": (TensorBoardLogger, "tensorboard", None),  # a dependency of the project
+    "csv": (CSVLogger, None, None),
+    "wandb": (WandbLogger, "wandb", "wandb"),
+    "mlflow": (MLFlowLogger, "mlflow", "mlflow"),
+}
+OWNED = ("save_dir",)  # every output is under the run folder
+
+
+def chosen(logger: DictConfig | None) -> dict[str, dict]:
+    """The chosen options and their keys: ``{"tensorboard": {...}, "csv": {...}}``."""
+    return OmegaConf.to_container(logger, resolve=True) if logger else {}
+
+
+def check_loggers(logger: DictConfig | None) -> None:
+    """Each chosen logger is known, installed, and given only keys its Lightning class takes."""
+    options = chosen(logger)
+    if not options:
+        raise ConfigError("logger", f"choose at least one logger ({', '.join(LOGGERS)}), e.g. logger=tensorboard")
+    for name, keys in options.items():
+        if name not in LOGGERS:
+            raise ConfigError(f"logger.{name}", f"unknown logger; the options are {', '.join(LOGGERS)}")
+        cls, module, extra = LOGGERS[name]
+        if module is not None:
+            try:
+                importlib.import_module(module)
+            except ImportError:
+                install = f'pip install -e ".[{extra}]"' if extra else "reinstall the project: pip install -e ."
+                raise ConfigError("logger", f"{name} is not installed: {install}") from None
+        if not isinstance(keys, dict):
+            raise ConfigError(f"logger.{name}", f"must be a mapping of {cls.__name__}'s arguments, got {keys!r}")
+        for key in keys:
+            if key in OWNED:
+                raise ConfigError(f"logger.{name}.{key}", "is the run folder, always: give hydra.run.dir instead")
+        accepts = arguments(name)
+        for key in keys:
+            if key not in accepts:
+                raise ConfigError(f"logger.{name}.{key}", f"is not an argument of {cls.__name__}")
+
+
+def arguments(name: str) -> set[str]:
+    """The keys a logger takes: its class's arguments, and those of where it passes the rest."""
+    def named(function) -> set[str]:
+        return {p.name for p in inspect.signature(function).parameters.values()
+                if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)} - {"self"}
+
+    keys = named(LOGGERS[name][0].__init__)
+    if name == "tensorboard":  # TensorBoardLogger(**kwargs) -> SummaryWriter
+        from torch.utils.tensorboard import SummaryWriter
+
+        keys |= named(SummaryWriter.__init__)
+    elif name == "wandb":  # WandbLogger(**kwargs) -> wandb.init
+        import wandb
+
+        keys |= named(wandb.init)
+    return keys
+
+
+def build_loggers(logger: DictConfig, run_dir: Path) -> list[Logger]:
+    """The chosen loggers, in the order given, all writing under ``run_dir``."""
+    loggers = []
+    for name, keys in chosen(logger).items():
+        cls = LOGGERS[name][0]
+        if name == "mlflow":
+            keys = mlflow_keys(keys, run_dir)
+        loggers.append(cls(save_dir=str(run_dir), **keys))
+    return loggers
+
+
+def mlflow_keys(keys: dict, run_dir: Path) -> dict:
+    """No tracking URI: MLflow's file store in RUN/mlruns (MLFlowLogger's own default is ./mlruns,
+    or $MLFLOW_TRACKING_URI, both outside the run folder)."""
+    uri = keys.get("tracking_uri") or (run_dir / "mlruns").resolve().as_uri()
+    if uri.startswith("file:"):
+        # MLflow 3 refuses its file store unless this is set ("maintenance mode"); it is the
+        # store a run folder can hold without a server or a database. Earlier versions ignore it.
+        os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+    return {**keys, "tracking_uri": uri}
+
+
+def log_image(logger: Logger, key: str, image: torch.Tensor, step: int) -> None:
+    """One (3, H, W) image with values in [0, 1] to a logger that takes images; CSV takes none."""
+    if isinstance(logger, TensorBoardLogger):
+        logger.experiment.add_image(key, image, step)
+        return
+    pixels = (image.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()  # (H, W, 3)
+    if isinstance(logger, WandbLogger):
+        logger.log_image(key, [pixels], step=step)
+    elif isinstance(logger, MLFlowLogger):
+        # An artifact per image (mlflow>=2; the key/step form of log_image needs a later MLflow)
+        logger.experiment.log_image(logger.run_id, pixels, artifact_file=f"{key}/step{step:07d}.png")
+
+
+def log_final_hyperparameters(loggers: list[Logger], config: dict, results: dict, step: int) -> None:
+    """TensorBoard's HPARAMS tab: the run's config against its final test errors.
+
+    Only TensorBoard needs this: Lightning gave every logger the system's
+    hyperparameters (the config among them) when fitting started, and the
+    test errors reach them as metrics.
+    """
+    errors = {key: results[key] for key in ("test/top1_error", "test/top5_error")}
+    for logger in loggers:
+        if isinstance(logger, TensorBoardLogger):
+            logger.log_hyperparams(config, errors, step=step)

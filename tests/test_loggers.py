@@ -1,0 +1,162 @@
+"""Where a run's metrics go: the `logger` group (conf/logger/), one logger or several.
+
+`logger=tensorboard` is the default and what a run always wrote (RUN/tensorboard,
+tests/test_train.py checks its tags); `csv`, `wandb` and `mlflow` write under the
+run folder too, and `logger=[tensorboard,csv]` writes to both. W&B and MLflow are
+extras: asking for one that is not installed is a one-line error before anything runs.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import TINY, compose_config, run_cli
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from test_train import REQUIRED_TAGS, scalars
+
+import train as train_script
+from alexnet.errors import ConfigError
+from alexnet.training.loggers import build_loggers, check_loggers
+from alexnet.training.results import finished_results, write_results
+
+RUN = [*TINY, "trainer.limit_train_batches=4"]  # a tiny run that still validates and tests
+
+
+def train(run: Path, *overrides: str) -> dict:
+    result = run_cli("train.py", f"hydra.run.dir={run}", *RUN, *overrides)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads((run / "results.json").read_text())["results"]
+
+
+@pytest.fixture(scope="module")
+def tensorboard_and_csv(tmp_path_factory) -> tuple[Path, dict]:
+    run = tmp_path_factory.mktemp("tb_csv") / "run"
+    return run, train(run, "logger=[tensorboard,csv]")
+
+
+@pytest.fixture(scope="module")
+def wandb_and_mlflow(tmp_path_factory) -> tuple[Path, dict]:
+    """No TensorBoard at all: W&B first (Lightning's trainer.logger), offline, and MLflow's file store."""
+    pytest.importorskip("wandb")
+    pytest.importorskip("mlflow")
+    run = tmp_path_factory.mktemp("wandb_mlflow") / "run"
+    return run, train(run, "logger=[wandb,mlflow]", "logger.wandb.offline=true")
+
+
+# ---------------------------------------------------------------- the config
+
+
+def test_the_default_is_tensorboard_alone_in_the_run_folder_as_before(tmp_path):
+    cfg = compose_config()
+    assert list(cfg.logger) == ["tensorboard"]
+    (logger,) = build_loggers(cfg.logger, tmp_path)
+    assert type(logger).__name__ == "TensorBoardLogger" and Path(logger.log_dir) == tmp_path / "tensorboard"
+
+
+def test_keys_that_lightning_passes_on_are_accepted():
+    check_loggers(compose_config("+logger.tensorboard.flush_secs=5").logger)  # to SummaryWriter
+    if importlib.util.find_spec("wandb"):
+        check_loggers(compose_config("logger=wandb", "+logger.wandb.group=ablation").logger)  # to wandb.init
+
+
+def test_a_list_of_options_chooses_several_loggers_in_its_order(tmp_path):
+    cfg = compose_config("logger=[csv,tensorboard]", "logger.csv.flush_logs_every_n_steps=7")
+    assert list(cfg.logger) == ["csv", "tensorboard"]  # each option's keys under logger.NAME
+    loggers = build_loggers(cfg.logger, tmp_path)
+    assert [type(lg).__name__ for lg in loggers] == ["CSVLogger", "TensorBoardLogger"]
+    assert Path(loggers[0].log_dir) == tmp_path / "csv" / "version_0"  # a resumed run writes version_1
+
+
+def test_mlflow_tracks_to_a_file_store_in_the_run_folder_unless_given_a_uri(tmp_path, monkeypatch):
+    pytest.importorskip("mlflow")
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # (a run sets it for itself: wandb_and_mlflow)
+    (logger,) = build_loggers(compose_config("logger=mlflow").logger, tmp_path)
+    assert logger._tracking_uri == (tmp_path / "mlruns").as_uri()
+    server = "http://127.0.0.1:5000"
+    (logger,) = build_loggers(compose_config("logger=mlflow", f"logger.mlflow.tracking_uri={server}").logger, tmp_path)
+    assert logger._tracking_uri == server
+
+
+@pytest.mark.parametrize("extra", ["wandb", "mlflow"])
+def test_a_tracker_that_is_not_installed_is_a_one_line_error_naming_its_extra(extra, monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, extra, None)  # `import wandb` now fails as if it were not installed
+    cfg = compose_config(*TINY, f"logger=[tensorboard,{extra}]")
+    with pytest.raises(ConfigError) as err:
+        check_loggers(cfg.logger)
+    assert f"error: {err.value}" == f'error: logger: {extra} is not installed: pip install -e ".[{extra}]"'
+    with pytest.raises(ConfigError, match="is not installed"):  # in validation, before any data or trainer
+        train_script.train(cfg, tmp_path)
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("overrides,key", [
+    (["logger=csv", "+logger.csv.bogus=1"], "logger.csv.bogus"),  # not an argument of CSVLogger
+    (["+logger.tensorboard.flush_sec=5"], "logger.tensorboard.flush_sec"),  # nor of SummaryWriter (flush_secs)
+    (["+logger.tensorboard.save_dir=/elsewhere"], "logger.tensorboard.save_dir"),  # always the run folder
+    (["+logger.neptune={}"], "logger.neptune"),  # a key that is no option of the group
+    (["~logger"], "logger"),  # no logger at all
+])
+def test_a_wrong_logger_key_is_refused_naming_it(overrides, key, tmp_path):
+    with pytest.raises(ConfigError) as err:
+        train_script.train(compose_config(*TINY, *overrides), tmp_path)
+    assert err.value.key == key
+    assert not any(tmp_path.iterdir())
+
+
+def test_a_finished_run_is_finished_whatever_its_loggers(tmp_path):
+    # skip_finished compares what a run computed; where its metrics went is not part of that
+    write_results(compose_config(*TINY), tmp_path, {"test/top1_error": 0.5, "test/top5_error": 0.1})
+    assert finished_results(compose_config(*TINY, "logger=[csv,tensorboard]"), tmp_path)["test/top1_error"] == 0.5
+
+
+# ---------------------------------------------------------------- what each writes
+
+
+def test_tensorboard_and_csv_together_each_write_the_runs_metrics(tensorboard_and_csv):
+    run, results = tensorboard_and_csv
+    tags = scalars(run)
+    assert REQUIRED_TAGS | {"test/top1_error"} <= set(tags)
+    acc = EventAccumulator(str(run / "tensorboard"))
+    acc.Reload()
+    assert acc.Tags()["images"] == ["conv1_kernels/tower_1"] and acc.PluginTagToContent("hparams")
+    with open(run / "csv" / "version_0" / "metrics.csv", newline="") as file:
+        rows = list(csv.DictReader(file))
+    assert REQUIRED_TAGS | {"test/top1_error", "step", "epoch"} <= set(rows[0])  # one column per metric
+    val = [float(row["val/top1_error"]) for row in rows if row["val/top1_error"]]
+    assert len(val) == 1 and val[0] == pytest.approx(tags["val/top1_error"][0][1])  # the same figure as TensorBoard
+    (test,) = [float(row["test/top1_error"]) for row in rows if row["test/top1_error"]]
+    assert test == pytest.approx(results["test/top1_error"])
+    assert (run / "csv" / "version_0" / "hparams.yaml").is_file()
+
+
+def test_wandb_offline_keeps_the_run_in_the_run_folder_with_its_metrics_and_kernel_images(wandb_and_mlflow):
+    run, _ = wandb_and_mlflow
+    (folder,) = (run / "wandb").glob("offline-run-*")  # `wandb sync` uploads it later
+    (history,) = folder.glob("run-*.wandb")
+    records = history.read_bytes()
+    for metric in ("train/loss", "val/top1_error", "test/top1_error", "lr"):
+        assert metric.encode() in records, metric
+    assert list((folder / "files" / "media" / "images" / "conv1_kernels").glob("tower_1_*.png"))
+    assert not (run / "tensorboard").exists()  # only the loggers asked for
+
+
+def test_mlflow_records_a_run_with_the_metrics_params_and_kernel_images_in_the_run_folder(wandb_and_mlflow, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    run, results = wandb_and_mlflow
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow 3 reads its file store only so
+    client = MlflowClient(tracking_uri=(run / "mlruns").as_uri())
+    experiment = client.get_experiment_by_name("alexnet")
+    (found,) = client.search_runs([experiment.experiment_id])
+    assert found.info.status == "FINISHED"
+    assert found.data.metrics["test/top1_error"] == pytest.approx(results["test/top1_error"])
+    assert len(client.get_metric_history(found.info.run_id, "val/top1_error")) == 1  # once per epoch
+    assert REQUIRED_TAGS <= set(found.data.metrics)
+    assert found.data.params["config/model/name"] == "cifar"  # the run's config, as parameters
+    kernels = [a.path for a in client.list_artifacts(found.info.run_id, "conv1_kernels/tower_1")]
+    assert kernels and all(path.endswith(".png") for path in kernels)
