@@ -97,8 +97,11 @@ class FlatStart(L.Callback):
         flat = (f"the training loss has stayed within {self.tolerance:.0%} of ln({pl_module.hparams.num_classes}) = "
                 f"{chance:.3f}, chance, for {self.flat} steps (now {self.loss:.3f}): the network is not learning yet")
         if init == "paper":
+            # docs/REPRODUCTION.md, "A flat start": on CIFAR-10 at 224 px, paper did not leave chance in 300
+            # steps, caffe did at step 53, kaiming on standardised pixels at step 26 (on raw ones: NaN at step 5).
             return (f"{flat}. Likely cause: model.init=paper (Section 5: N(0, 0.01) weights, biases 1) on this data, "
-                    "which can sit at chance for epochs; model.init=caffe or model.init=kaiming start sooner")
+                    "which can sit at chance for epochs; model.init=caffe, or model.init=kaiming with "
+                    "data.normalize=imagenet (Kaiming's init diverges on raw 0-255 pixels), start sooner")
         return f"{flat} (model.init={init}); check optim.lr and data.normalize"
 
 
