@@ -25,7 +25,8 @@ def load_system(ckpt_path: str | None) -> tuple[AlexNetSystem, dict, Path]:
     # (a two-device one too: its tensors are stored in the grouped network's layout).
     # A checkpoint from before model.placement names its network paper_dual_gpu: read it as paper_grouped.
     model = checkpoint["hyper_parameters"].get("model") or {}
-    upgraded = {"model": network(model)} if network(model) != model else {}
+    net = network(model)
+    upgraded = {"model": net} if net != model else {}
     system = AlexNetSystem.load_from_checkpoint(path, map_location="cpu", weights_only=False, **upgraded)
     return system.eval(), checkpoint, path
 

@@ -41,12 +41,13 @@ def convert(checkpoint: dict, path: Path, to: str | None = None) -> tuple[dict, 
     model = dict(hparams["model"])
     config = checkpoint.get("config") if isinstance(checkpoint.get("config"), dict) else hparams.get("config")
     source = choice({**model, **((config or {}).get("model") or {})})
-    if network(model)["name"] != NETWORK:
+    net_keys = network(model)  # a checkpoint from before model.placement: its name upgraded
+    if net_keys["name"] != NETWORK:
         raise ConfigError("IN", f"{path} holds a {model['name']!r} network; only {' and '.join(PAIRS)} convert")
     target = to or PAIRS[source]
     if target not in PAIRS:
         raise ConfigError("--to", f"must be one of {sorted(PAIRS)}, got {target!r}")
-    options = {k: v for k, v in network(model).items() if k not in ("name", "num_classes")}
+    options = {k: v for k, v in net_keys.items() if k not in ("name", "num_classes")}
     net = create(NETWORK, hparams["num_classes"], **{**options, "init": "torch"})
     expected = {f"net.{k}": tuple(v.shape) for k, v in net.state_dict().items()}
     found = {k: tuple(v.shape) for k, v in checkpoint["state_dict"].items() if k.startswith("net.")}
@@ -58,7 +59,7 @@ def convert(checkpoint: dict, path: Path, to: str | None = None) -> tuple[dict, 
             + ", ".join(f"{k} is {found.get(k)}, expected {expected.get(k)}" for k in wrong[:5]),
         )
     out = dict(checkpoint)
-    out["hyper_parameters"] = {**hparams, "model": network(model)}
+    out["hyper_parameters"] = {**hparams, "model": net_keys}
     if isinstance(hparams.get("config"), dict):
         run = hparams["config"]
         out["hyper_parameters"]["config"] = {**run, "model": _placed(run["model"], target)}

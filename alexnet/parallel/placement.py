@@ -31,7 +31,7 @@ def placement(model: Mapping) -> str:
         value = LEGACY_NAMES[model["name"]][1]
     if value not in PLACEMENTS:
         raise ConfigError(f"model.{KEY}", f"must be one of {list(PLACEMENTS)}, got {value!r}")
-    name = LEGACY_NAMES.get(model.get("name"), (model.get("name"),))[0]
+    name = network(model).get("name")
     if value == TOWER_PER_DEVICE and name != "paper_grouped":  # the split tested, Section 3.2's
         raise ConfigError(f"model.{KEY}", f"{TOWER_PER_DEVICE} splits the paper's network (model=paper_dual_gpu); "
                           f"model {name!r} runs whole on each device: leave it {ONE_DEVICE}")
