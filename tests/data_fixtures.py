@@ -6,6 +6,8 @@ pytest picks fixtures up from the importing module's namespace.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import io
 import os
 import shutil
@@ -19,6 +21,15 @@ from PIL import Image
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 CIFAR_TARBALL = SHARED / "datasets" / "cifar10-jpg.tar.gz"
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "alexnet-tests"
+
+
+@contextlib.contextmanager
+def cache_lock():
+    """Hold CACHE/.lock: pytest-xdist's workers (and two test runs) build the shared copies once."""
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with open(CACHE / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 def random_image(size=(48, 40), seed=0, mode="RGB") -> Image.Image:
@@ -52,15 +63,21 @@ def cifar10_jpg() -> Path:
     if not CIFAR_TARBALL.is_file():
         pytest.skip(f"the real CIFAR-10 copy is not at {CIFAR_TARBALL}")
     target = CACHE / "cifar10-jpg"
-    if not (target / "train").is_dir() or not (target / "test").is_dir():
-        tmp = CACHE / f"cifar10-jpg.{os.getpid()}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        with tarfile.open(CIFAR_TARBALL) as tar:
-            tar.extractall(tmp, filter="data")
-        shutil.rmtree(target, ignore_errors=True)
-        tmp.rename(target)
+    with cache_lock():
+        if not (target / "train").is_dir() or not (target / "test").is_dir():
+            _extract(CIFAR_TARBALL, target)
     return target
+
+
+def _extract(tarball: Path, target: Path) -> None:
+    """Unpack aside, then rename into place: an interrupted extraction leaves no half tree."""
+    tmp = CACHE / f"{target.name}.{os.getpid()}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    with tarfile.open(tarball) as tar:
+        tar.extractall(tmp, filter="data")
+    shutil.rmtree(target, ignore_errors=True)
+    tmp.rename(target)
 
 
 @pytest.fixture(scope="session")
@@ -68,6 +85,12 @@ def cifar10_jpg_subset(cifar10_jpg) -> Path:
     """Symlinks to the first 200 training and 50 test images of each real CIFAR-10 class:
     the real files, few enough to decode in a second."""
     target = CACHE / "cifar10-jpg-subset"
+    with cache_lock():
+        _link_subset(cifar10_jpg, target)
+    return target
+
+
+def _link_subset(cifar10_jpg: Path, target: Path) -> None:
     for split, n in (("train", 200), ("test", 50)):
         for class_dir in sorted((cifar10_jpg / split).iterdir()):
             out = target / split / class_dir.name
@@ -78,4 +101,3 @@ def cifar10_jpg_subset(cifar10_jpg) -> Path:
                 link = out / f.name
                 if not link.exists():
                     link.symlink_to(f)
-    return target

@@ -31,6 +31,8 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 from ..errors import ConfigError, TrainingError
 from ..parallel.ranks import data_parallel
 from .augment import IMAGENET_EIGVAL, IMAGENET_EIGVEC, Lighting
+from .decode import DECODE, decode_batch
+from .folder import EncodedSamples
 from .labels import check_labels
 from .presets import (
     IMAGENET_MEAN,
@@ -83,6 +85,8 @@ class AlexNetDataModule(L.LightningDataModule):
         pin_memory: bool | None = None,
         persistent_workers: bool = True,
         batch_augment: bool = True,
+        decode: str = "worker",
+        prefetch_factor: int | None = 2,
         require_data: bool = True,
     ) -> None:
         """``require_data=False`` skips the checks of data.root, for callers that
@@ -99,7 +103,9 @@ class AlexNetDataModule(L.LightningDataModule):
         self.test_crops = eval_crops if test_crops is None else test_crops
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
         self.persistent_workers = persistent_workers
+        self.decode, self.prefetch_factor = decode, prefetch_factor
         self._check(batch_size, num_workers, crop_size, resize_size, padding, pca_std, normalize, eval_crops, max_bad_images, channels)
+        self._check_loading(decode, prefetch_factor, batch_augment)
         if self.test_crops not in (1, 10):
             raise ConfigError("data.test_crops", f"must be null (as data.eval_crops), 1 or 10, got {test_crops!r}")
 
@@ -141,6 +147,17 @@ class AlexNetDataModule(L.LightningDataModule):
         need(isinstance(max_bad, int) and max_bad >= 0, "max_bad_images", f"must be >= 0, got {max_bad!r}")
         need(channels in (1, 3), "channels", f"must be 3 (RGB) or 1 (grayscale), got {channels!r}")
 
+    @staticmethod
+    def _check_loading(decode: str, prefetch_factor, batch_augment: bool) -> None:
+        if decode not in DECODE:
+            raise ConfigError("data.decode", f"must be one of {', '.join(DECODE)}, got {decode!r}")
+        if decode == "device" and not batch_augment:
+            raise ConfigError("data.decode", "device decodes and crops each batch on the device, which needs "
+                                             "data.batch_augment=true (the batch half of the transforms runs there)")
+        if prefetch_factor is not None and not (isinstance(prefetch_factor, int) and prefetch_factor > 0):
+            raise ConfigError("data.prefetch_factor", f"must be a positive integer (batches each worker keeps ready), "
+                                                      f"got {prefetch_factor!r}")
+
     # ---- what the model sees -------------------------------------------------
 
     def eval_transform(self, image) -> torch.Tensor:
@@ -151,9 +168,37 @@ class AlexNetDataModule(L.LightningDataModule):
 
     def on_before_batch_transfer(self, batch, dataloader_idx: int):
         """A label outside 0..num_classes-1 fails here, on the CPU, with a message
-        (on a GPU it would end as a device-side assert in the loss)."""
+        (on a GPU it would end as a device-side assert in the loss).
+
+        With ``data.decode=device`` the batch arrives as file bytes
+        (:class:`~alexnet.data.folder.EncodedSamples`) and is decoded and cropped
+        here, on the training device, into uint8 Samples already there.
+        """
         check_labels(batch, self.num_classes)
+        if isinstance(batch, EncodedSamples):
+            batch = self.decode_files(batch, self._device())
         return batch
+
+    def decode_files(self, batch: EncodedSamples, device: torch.device) -> Samples:
+        """File bytes -> the uint8 crops the workers would have made, on ``device``: the same
+        load halves (training: shorter side, centre square, the draws' crop; evaluation: the
+        square), on tensors decoded there. Files that cannot be decoded join ``bad``."""
+        images, errors = decode_batch(batch.files(), batch.paths, device)
+        training = batch.draws is not None
+        keep, crops, bad = [], [], list(batch.bad)
+        for i, (image, error) in enumerate(zip(images, errors)):
+            if image is None:
+                bad.append(error)
+                continue
+            keep.append(i)
+            crops.append(self.load_train(image, batch.draws[i]) if training else self.load_eval(image))
+        x = torch.stack(crops) if crops else torch.empty(0, dtype=torch.uint8, device=device)
+        rows = torch.tensor(keep, dtype=torch.int64)
+        return Samples(x, batch.y[rows], batch.index[rows], batch.draws[rows] if training else None, bad)
+
+    def _device(self) -> torch.device:
+        trainer = self.trainer
+        return trainer.strategy.root_device if trainer is not None else torch.device("cpu")
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         """The batch half of the transforms, on the device (Lightning calls this
@@ -224,6 +269,7 @@ class AlexNetDataModule(L.LightningDataModule):
         common = dict(
             batch_size=self.batch_size,
             num_workers=workers,
+            prefetch_factor=self.prefetch_factor if workers > 0 else None,
             pin_memory=kwargs.pop("pin_memory", self.pin_memory),
             persistent_workers=self.persistent_workers and workers > 0,
             generator=torch.Generator().manual_seed(self.seed),

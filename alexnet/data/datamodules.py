@@ -17,8 +17,9 @@ from torchvision.transforms.v2 import functional as TF
 from ..errors import ConfigError
 from . import cifar
 from .base import AlexNetDataModule
-from .folder import ImageFiles, check_split_classes, collate_skipping_bad, list_samples
+from .folder import FileBytes, ImageFiles, check_split_classes, collate_bytes, collate_skipping_bad, list_samples
 from .presets import load_eval, load_train
+from .workers import advise_workers
 from .sampling import Samples, batch_draws, split_key
 from .shapes import SHAPE_CLASSES, generate_shapes
 
@@ -63,7 +64,7 @@ class InMemoryDataModule(AlexNetDataModule):
     hands out uint8 slices and all augmentation runs batched on the device."""
 
     # Options of image files that do nothing here, with the value that says so.
-    INERT = {"num_workers": 0, "center_crop": True, "max_bad_images": 0}
+    INERT = {"num_workers": 0, "center_crop": True, "max_bad_images": 0, "decode": "worker"}
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
@@ -92,10 +93,6 @@ class InMemoryDataModule(AlexNetDataModule):
                 x, y = x.to(device), y.to(device)
             sets.append(TensorImages(x, y, seed=self.seed))
         self.train_set, self.val_set = sets
-
-    def _device(self) -> torch.device:
-        trainer = self.trainer
-        return trainer.strategy.root_device if trainer is not None else torch.device("cpu")
 
     def _tensor_loader(self, dataset: TensorImages, shuffle: bool, batch=None):
         if not self.batch_augment:  # run the batch half in the loader, on the CPU
@@ -240,20 +237,30 @@ class FolderDataModule(AlexNetDataModule):
             return
         train = list_samples(self.root / "train", self.classes)
         val = list_samples(self.root / self.val_split, self.classes)
-        load = load_train(self.resize_size, self.crop_size, self.center_crop, self.channels)
-        self.train_set = ImageFiles(train, self.per_image(load, self.train_batch), self.resize_size, self.seed)
-        evaluate = load_eval(self.resize_size, self.channels)
-        self.val_set = ImageFiles(val, self.per_image(evaluate, self.eval_batch), self.resize_size)
+        # The load halves: in the workers (data.decode=worker), or on the device after
+        # decoding there (data.decode=device: the workers only read the files).
+        self.load_train = load_train(self.resize_size, self.crop_size, self.center_crop, self.channels)
+        self.load_eval = load_eval(self.resize_size, self.channels)
+        if self.decode == "device":
+            self.train_set, self.val_set = FileBytes(train, self.seed), FileBytes(val)
+            return
+        self.train_set = ImageFiles(train, self.per_image(self.load_train, self.train_batch), self.resize_size, self.seed)
+        self.val_set = ImageFiles(val, self.per_image(self.load_eval, self.eval_batch), self.resize_size)
+
+    @property
+    def collate(self):
+        return collate_bytes if self.decode == "device" else collate_skipping_bad
 
     def train_dataloader(self):
         self._need_setup()
-        return self._loader(self.train_set, True, collate_fn=collate_skipping_bad)
+        advise_workers(self.trainer, self.num_workers, self.decode)
+        return self._loader(self.train_set, True, collate_fn=self.collate)
 
     def _eval_loader(self, batch):
         dataset = self.val_set
         if not self.batch_augment and batch is not self.eval_batch:  # the workers run the batch half too
-            dataset = ImageFiles(dataset.samples, self.per_image(load_eval(self.resize_size, self.channels), batch), self.resize_size)
-        return self._loader(dataset, False, collate_fn=collate_skipping_bad)
+            dataset = ImageFiles(dataset.samples, self.per_image(self.load_eval, batch), self.resize_size)
+        return self._loader(dataset, False, collate_fn=self.collate)
 
     def train_pixels(self, max_images: int, batch_size: int = 64):
         self._need_setup()

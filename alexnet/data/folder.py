@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from PIL import Image
@@ -11,6 +12,7 @@ from torch.utils.data import Dataset, default_collate
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from ..errors import ConfigError
+from .decode import DECODERS, PIL_ERRORS, decode, read_bytes
 from .sampling import Samples, batch_draws, sample_draws, split_key
 
 
@@ -82,14 +84,15 @@ def _few(items: list[str], n: int = 10) -> str:
     return shown + (f" and {len(items) - n} more" if len(items) > n else "")
 
 
-def load_rgb(path: str, min_size: int | None = None) -> Image.Image:
-    """Decode any image file to an RGB PIL image, whatever its extension says.
+def load_rgb(path, min_size: int | None = None) -> Image.Image:
+    """Decode any image file (a path or a file object) to an RGB PIL image, whatever its
+    extension says.
 
     Grayscale, CMYK, palette, GIF, RGBA and PNG data named .JPEG all come out
-    RGB: PIL detects the format from the bytes. PIL rather than torchvision.io,
-    whose decoders are deprecated since torchvision 0.29. ``min_size`` lets a
-    large JPEG decode at reduced resolution (JPEG's DCT scaling), which is
-    several times faster and still leaves the shorter side >= min_size.
+    RGB: PIL detects the format from the bytes. The workers decode JPEG data
+    with torchvision.io instead (alexnet.data.decode), and this where that
+    cannot. ``min_size`` lets a large JPEG decode at reduced resolution (JPEG's
+    DCT scaling), which still leaves the shorter side >= min_size.
     """
     with Image.open(path) as img:
         if min_size and img.format == "JPEG":
@@ -103,7 +106,7 @@ def load_rgb(path: str, min_size: int | None = None) -> Image.Image:
 
 
 class ImageFiles(Dataset):
-    """(path, label) samples decoded with :func:`load_rgb` and a transform.
+    """(path, label) samples decoded (:func:`alexnet.data.decode.decode`) and transformed.
 
     Keys are sample indices (evaluation) or ``(index, epoch)`` (training,
     from :class:`~alexnet.data.sampling.EpochSampler`): then the transform
@@ -112,10 +115,17 @@ class ImageFiles(Dataset):
     A file that fails to decode yields ``(None, label, index, None, path)``
     instead of raising, so one bad JPEG among a million does not kill a run;
     :func:`collate_skipping_bad` drops it and reports its path in the batch.
+
+    ``decoder``: ``auto`` (JPEG data with torchvision.io, the rest with PIL) or
+    ``pil`` (every file with PIL, the path before torchvision.io; for comparison).
     """
 
-    def __init__(self, samples: list[tuple[str, int]], transform, min_size: int | None = None, seed: int = 0):
+    def __init__(self, samples: list[tuple[str, int]], transform, min_size: int | None = None, seed: int = 0,
+                 decoder: str = "auto"):
+        if decoder not in DECODERS:
+            raise ValueError(f"decoder must be one of {DECODERS}, got {decoder!r}")
         self.samples, self.transform, self.min_size, self.seed = samples, transform, min_size, seed
+        self.decoder = decoder
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -137,11 +147,65 @@ class ImageFiles(Dataset):
     def _item(self, index: int, draws: torch.Tensor | None):
         path, label = self.samples[index]
         try:
-            image = load_rgb(path, self.min_size)
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+            image = decode(read_bytes(path), self.min_size, self.decoder)
+        except PIL_ERRORS as e:
             return None, label, index, draws, f"{path} ({type(e).__name__}: {e})"
         x = self.transform(image) if draws is None else self.transform(image, draws)
         return x, label, index, draws, None
+
+
+class EncodedSamples(NamedTuple):
+    """A batch of undecoded files (``data.decode=device``), as the workers hand it over.
+
+    ``data``: the files' bytes end to end, one uint8 tensor (one shared-memory
+    transfer from a worker, one pinned copy), ``lengths`` each file's share;
+    ``paths``: the files, for decoding errors to name. y, index, draws, bad as in
+    :class:`~alexnet.data.sampling.Samples`. The DataModule decodes the batch on
+    the device into Samples.
+    """
+
+    data: torch.Tensor
+    y: torch.Tensor
+    index: torch.Tensor
+    draws: torch.Tensor | None
+    bad: list[str]
+    lengths: list[int]
+    paths: list[str]
+
+    def files(self) -> list[torch.Tensor]:
+        """Each file's bytes: views of ``data``."""
+        return list(self.data.split(self.lengths)) if self.lengths else []
+
+
+class FileBytes(ImageFiles):
+    """:class:`ImageFiles` for ``data.decode=device``: each item is the file's bytes,
+    read and nothing else (decoding and crops happen on the device, batched)."""
+
+    def __init__(self, samples: list[tuple[str, int]], seed: int = 0):
+        super().__init__(samples, transform=None, seed=seed)
+
+    def _item(self, index: int, draws: torch.Tensor | None):
+        path, label = self.samples[index]
+        try:
+            data = read_bytes(path)
+        except OSError as e:
+            return None, label, index, draws, f"{path} ({type(e).__name__}: {e})", path
+        return data, label, index, draws, None, path
+
+
+def collate_bytes(items) -> EncodedSamples:
+    """:func:`collate_skipping_bad` for :class:`FileBytes`: the files' bytes joined end to end."""
+    good = [item for item in items if item[4] is None]
+    draws = torch.stack([item[3] for item in good]) if good and good[0][3] is not None else None
+    return EncodedSamples(
+        torch.cat([item[0] for item in good]) if good else torch.empty(0, dtype=torch.uint8),
+        torch.tensor([item[1] for item in good], dtype=torch.int64),
+        torch.tensor([item[2] for item in good], dtype=torch.int64),
+        draws,
+        [item[4] for item in items if item[4] is not None],
+        [len(item[0]) for item in good],
+        [item[5] for item in good],
+    )
 
 
 def collate_skipping_bad(items) -> Samples:

@@ -152,8 +152,8 @@ def _resize(x: torch.Tensor, size: int | None) -> torch.Tensor:
 
 
 class LoadTrain:
-    """The load half of training for image files: PIL image and its draws in,
-    uint8 (C, crop, crop) out.
+    """The load half of training for image files: the decoded image (a uint8 tensor
+    (3, H, W) on any device, or a PIL image) and its draws in, uint8 (C, crop, crop) out.
 
     Section 2: shorter side to 256 and the central 256x256 square; Section 4.1:
     a random 224x224 patch of it (without ``center_crop``: of the whole image),
@@ -169,7 +169,7 @@ class LoadTrain:
 
     def __call__(self, image, draws: torch.Tensor) -> torch.Tensor:
         image = self.resize(image)
-        w, h = image.size
+        h, w = TF.get_size(image)
         s = self.crop_size
         if s > h or s > w:
             raise ValueError(f"crop {s} is larger than the resized image {w}x{h}")
@@ -187,7 +187,8 @@ def load_train(resize_size: int, crop_size: int, center_crop: bool, channels: in
 
 def load_eval(resize_size: int, channels: int) -> v2.Compose:
     """The load half of evaluation for image files: shorter side to resize_size
-    and the central square, PIL in, uint8 (C, resize_size, resize_size) out.
+    and the central square, the decoded image in (a uint8 tensor or a PIL image),
+    uint8 (C, resize_size, resize_size) out.
     Evaluation crops (one or ten) come from that square, as in Section 4.1."""
     return v2.Compose([v2.Resize(resize_size), v2.CenterCrop(resize_size)] + _to_tensor(channels))
 
