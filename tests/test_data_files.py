@@ -9,7 +9,7 @@ from data_fixtures import image_tree, random_image, save
 from PIL import Image
 
 from alexnet.data import FolderDataModule, ImageNetDataModule
-from alexnet.data.folder import load_rgb
+from alexnet.data.folder import EncodedSamples, load_rgb
 from alexnet.errors import ConfigError
 
 ODD_FILES = {  # name: (PIL mode, format written)
@@ -28,8 +28,16 @@ def small(root, **kw):
 
 
 def batches(dm, loader):
-    """What Lightning hands to the steps: each batch through on_after_batch_transfer."""
-    return [dm.on_after_batch_transfer(b, 0) for b in loader]
+    """What Lightning hands to the steps: each batch through on_before_batch_transfer (which,
+    with data.decode=device, decodes the files' bytes: on the CPU here, with no trainer), then
+    on_after_batch_transfer, in Lightning's order."""
+    return [dm.on_after_batch_transfer(dm.on_before_batch_transfer(b, 0), 0) for b in loader]
+
+
+# data.decode: the workers decode (torchvision.io, PIL for the rest), or they only read the
+# files' bytes and the main process decodes each batch (alexnet/data/decode.py). Either way
+# the same files come out RGB, are skipped and named, and stop the run past the limit.
+DECODE = pytest.mark.parametrize("decode", ["worker", "device"])
 
 
 @pytest.mark.parametrize("name", ODD_FILES)
@@ -45,24 +53,28 @@ def test_transparent_pixels_become_white_not_their_hidden_colour(tmp_path):
     assert load_rgb(str(save(rgba, tmp_path / "clear.png", "PNG"))).getpixel((0, 0)) == (255, 255, 255)
 
 
-def test_a_folder_of_odd_files_gives_rgb_batches(tmp_path):
+@DECODE
+def test_a_folder_of_odd_files_gives_rgb_batches(tmp_path, decode):
     image_tree(tmp_path, classes=("a", "b"), per_class=2)
     for name, (mode, fmt) in ODD_FILES.items():
         save(random_image((60, 45), mode=mode), tmp_path / "train" / "a" / name, fmt)
-    dm = small(tmp_path)
+    dm = small(tmp_path, decode=decode)
     dm.setup("fit")
     assert len(dm.train_set) == 2 * 2 + len(ODD_FILES)
-    x = torch.cat([x for x, _ in batches(dm, dm.train_dataloader())])
+    loader = dm.train_dataloader()
+    assert isinstance(next(iter(loader)), EncodedSamples) == (decode == "device")  # bytes, decoded by on_before
+    x = torch.cat([x for x, _ in batches(dm, loader)])
     assert x.shape == (len(dm.train_set), 3, 32, 32) and x.dtype == torch.float32
 
 
-def test_an_unreadable_image_is_skipped_with_a_warning_that_names_it_and_counted(tmp_path):
+@DECODE
+def test_an_unreadable_image_is_skipped_with_a_warning_that_names_it_and_counted(tmp_path, decode):
     image_tree(tmp_path, classes=("a", "b"), per_class=3)
     good = (tmp_path / "train" / "a" / "a_0.JPEG").read_bytes()
     truncated = tmp_path / "train" / "b" / "truncated.JPEG"
     truncated.write_bytes(good[: len(good) // 2])
     (tmp_path / "train" / "b" / "notes.jpg").write_text("not an image")
-    dm = small(tmp_path, max_bad_images=2)
+    dm = small(tmp_path, max_bad_images=2, decode=decode)
     dm.setup("fit")
     with pytest.warns(UserWarning) as caught:
         got = batches(dm, dm.train_dataloader())
@@ -72,11 +84,12 @@ def test_an_unreadable_image_is_skipped_with_a_warning_that_names_it_and_counted
     assert len(dm.bad_images) == 2
 
 
-def test_past_max_bad_images_the_run_stops_with_an_error_that_lists_them(tmp_path):
+@DECODE
+def test_past_max_bad_images_the_run_stops_with_an_error_that_lists_them(tmp_path, decode):
     image_tree(tmp_path, classes=("a", "b"), per_class=2)
     for i in range(3):
         (tmp_path / "train" / "a" / f"broken{i}.JPEG").write_bytes(b"\xff\xd8\xff garbage")
-    dm = small(tmp_path, max_bad_images=2)
+    dm = small(tmp_path, max_bad_images=2, decode=decode)
     dm.setup("fit")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
