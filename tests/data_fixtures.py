@@ -39,11 +39,24 @@ def random_image(size=(48, 40), seed=0, mode="RGB") -> Image.Image:
     return rgb if mode == "RGB" else rgb.convert(mode)
 
 
-def save(image: Image.Image, path: Path, fmt: str = "JPEG") -> Path:
-    """Write ``image`` in ``fmt`` whatever the file name says (PNG data named .JPEG...)."""
+def photo_image(size=(341, 256), seed=0) -> Image.Image:
+    """A photo-like RGB image (width, height): smooth coarse colour noise (one value per
+    16 pixels, upscaled BICUBIC) plus a little pixel texture. Unlike :func:`random_image`'s
+    noise, it compresses as photos do, so JPEG decoders differ as they do on photos."""
+    w, h = size
+    rng = np.random.default_rng(seed)
+    coarse = Image.fromarray(rng.integers(0, 256, (max(2, h // 16), max(2, w // 16), 3), dtype=np.uint8))
+    smooth = np.asarray(coarse.resize((w, h), Image.BICUBIC), dtype=np.int16)
+    texture = rng.integers(-12, 13, (h, w, 3))
+    return Image.fromarray(np.clip(smooth + texture, 0, 255).astype(np.uint8))
+
+
+def save(image: Image.Image, path: Path, fmt: str = "JPEG", **options) -> Path:
+    """Write ``image`` in ``fmt`` whatever the file name says (PNG data named .JPEG...);
+    ``options`` go to PIL's save (``quality=90``)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
-    image.save(buf, fmt)
+    image.save(buf, fmt, **options)
     path.write_bytes(buf.getvalue())
     return path
 
