@@ -158,7 +158,7 @@ LOADING_ERRORS = [
 ]
 
 
-@pytest.mark.parametrize("overrides,key,says", LOADING_ERRORS, ids=[" ".join(o) for o, _, _ in LOADING_ERRORS])
+@pytest.mark.parametrize("overrides,key,says", LOADING_ERRORS, ids=["+".join(o) for o, _, _ in LOADING_ERRORS])
 def test_a_bad_loading_option_is_an_error_naming_its_key_before_any_image_is_read(tmp_path, monkeypatch, overrides, key, says):
     image_tree(tmp_path / "data", per_class=1)
     monkeypatch.setattr("alexnet.data.folder.read_bytes", lambda *a: pytest.fail("read an image file"))
