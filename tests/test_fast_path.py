@@ -2,15 +2,18 @@
 and none of it changes the precision (trainer.precision alone does: tests/test_precision.py)."""
 
 import re
+import subprocess
+import sys
 
 import lightning as L
 import pytest
 import torch
-from conftest import compose_config
+from conftest import REPO, compose_config
 from torch.utils.data import DataLoader, TensorDataset
 
 from alexnet.data import ShapesDataModule
 from alexnet.errors import ConfigError
+import alexnet.training.fast_path
 from alexnet.training.fast_path import FastPath, configure
 from alexnet.nn.layers import LocalResponseNorm
 from alexnet.training.system import AlexNetSystem
@@ -20,7 +23,7 @@ TRAINER_AUTO = {"accelerator": "auto", "precision": "32-true", "benchmark": None
 
 def test_the_config_has_a_fast_path_section_of_auto_switches():
     cfg = compose_config()
-    assert dict(cfg.fast_path) == {"channels_last": "auto", "compile": False}
+    assert dict(cfg.fast_path) == {"channels_last": "auto", "compile": False, "reuse_memory": "auto"}
 
 
 def test_auto_turns_nothing_on_when_training_on_the_cpu(monkeypatch):
@@ -60,7 +63,37 @@ def test_true_forces_a_switch_on_the_cpu_and_false_keeps_it_off_on_cuda(monkeypa
     assert args == {**TRAINER_AUTO, "accelerator": "gpu"}
 
 
-@pytest.mark.parametrize("key, value", [("channels_last", "yes"), ("channels_last", 1), ("compile", 3), ("fast", True)])
+@pytest.mark.parametrize("accelerator, value, reused", [
+    ("cpu", "auto", True), ("gpu", "auto", False), ("cpu", False, False), ("gpu", True, True)])
+def test_reuse_memory_keeps_freed_host_memory_when_training_on_the_cpu(accelerator, value, reused, monkeypatch):
+    calls = []
+    monkeypatch.setattr(alexnet.training.fast_path, "keep_freed_memory", lambda: calls.append(1))
+    configure({"reuse_memory": value}, {**TRAINER_AUTO, "accelerator": accelerator})
+    assert bool(calls) == reused
+
+
+def test_reused_memory_is_set_for_the_process_and_changes_no_result():
+    # In subprocesses: the glibc setting is for a whole process. Its speed is
+    # scripts/benchmark_data.py's "batch half" rows, not a timed test.
+    code = (
+        "import sys, torch\n"
+        "from alexnet.training.host_memory import keep_freed_memory\n"
+        "ok = keep_freed_memory() if sys.argv[1] == 'on' else True\n"
+        "x = torch.arange(64 * 3 * 224 * 224, dtype=torch.int64).remainder(251).to(torch.uint8).view(64, 3, 224, 224)\n"
+        "ys = [x.float().mul_(0.5).sum() for _ in range(3)]\n"
+        "print(ok, repr(float(ys[0])), len(set(float(y) for y in ys)))\n"
+    )
+    runs = {}
+    for mode in ("off", "on"):
+        out = subprocess.run([sys.executable, "-c", code, mode], cwd=REPO, capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        runs[mode] = out.stdout.split()
+    assert runs["on"][0] == "True", "mallopt refused the thresholds (is this glibc?)"
+    assert runs["on"][1:] == runs["off"][1:] and runs["on"][2] == "1"  # the same sums, every time
+
+
+@pytest.mark.parametrize("key, value", [("channels_last", "yes"), ("channels_last", 1), ("compile", 3), ("fast", True),
+                                        ("reuse_memory", "yes")])
 def test_a_bad_fast_path_value_is_an_error_naming_the_key(key, value):
     with pytest.raises(ConfigError, match="fast_path"):
         configure({key: value}, dict(TRAINER_AUTO))

@@ -6,7 +6,10 @@ training on CUDA and off elsewhere, ``true``/``false`` force it either way:
 * ``channels_last``: activations (and conv weights) in NHWC, the layout that
   tensor-core convolutions read without transposing;
 * ``compile``: ``torch.compile`` the network (``true``: the default
-  backend, or a backend's name), in place, so checkpoints keep their keys.
+  backend, or a backend's name), in place, so checkpoints keep their keys;
+* ``reuse_memory``: the one switch for the CPU, ``auto`` meaning on when
+  training on the CPU: large freed host allocations are kept for reuse
+  instead of page-faulted afresh every step (alexnet/training/host_memory.py).
 
 None of them changes the number format: that is ``trainer.precision`` alone
 (and ``tf32``; alexnet/training/precision.py). bf16 is ``trainer.precision=bf16-mixed``,
@@ -28,9 +31,10 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from ..errors import ConfigError
+from .host_memory import keep_freed_memory
 
 SWITCHES = ("channels_last",)
-DEFAULTS = {"channels_last": "auto", "compile": False}
+DEFAULTS = {"channels_last": "auto", "compile": False, "reuse_memory": "auto"}
 # Keys that moved to the Trainer, which owns them.
 MOVED = {"bf16": "trainer.precision=bf16-mixed", "cudnn_benchmark": "trainer.benchmark=true"}
 
@@ -60,6 +64,8 @@ def configure(fast_path: DictConfig | dict | None, trainer_args: dict) -> list[L
         raise ConfigError("fast_path", f"unknown key(s) {sorted(unknown)}; known: {sorted(DEFAULTS)}")
     on_cuda = trains_on_cuda(trainer_args)
     on = {key: _switch(key, options[key], on_cuda) for key in SWITCHES}
+    if _switch("reuse_memory", options["reuse_memory"], not on_cuda):  # auto: on for the CPU
+        keep_freed_memory()
     compile_ = options["compile"]
     if not isinstance(compile_, (bool, str)):
         raise ConfigError("fast_path.compile", f"must be true, false or a torch.compile backend, got {compile_!r}")
