@@ -79,7 +79,12 @@ class Normalization:
         bias = -torch.tensor(self.mean, device=x.device).view(-1, 1, 1) * self.scale / div
         if offset is not None:
             bias = bias + offset.view(*offset.shape, 1, 1) / div  # (B, C, 1, 1)
-        return torch.addcmul(bias, x.float(), gain)
+        # In place on one new float tensor: on a CPU each pass over a batch costs more
+        # than the crop, and the paper's scaling (gain 1) needs only the addition.
+        y = x.to(torch.float32, copy=True)
+        if not bool((gain == 1).all()):
+            y.mul_(gain)
+        return y.add_(bias)
 
 
 class BatchTrainAugment(nn.Module):
