@@ -195,7 +195,7 @@ def test_a_gpu_run_with_too_few_workers_is_told_in_one_line_what_to_set(cores):
         line = workers.advice(few, "worker", devices=1)
         assert line is not None and "\n" not in line, few
         assert f"data.num_workers={need}" in line and "data.decode=device" in line
-        assert f"{few} data.num_workers" in line
+        assert f"data.num_workers={few}" in line
 
 
 def test_no_advice_with_enough_workers_or_with_decoding_on_the_device(cores):
@@ -213,7 +213,7 @@ def test_workers_beyond_the_cores_of_each_gpus_process_are_counted_as_the_cores(
     assert line is not None and "on 1 CPU core per GPU" in line
     cores(1)
     line = workers.advice(4 * need, "worker", devices=1)
-    assert line is not None and f"{4 * need} data.num_workers on 1 CPU core per GPU" in line
+    assert line is not None and f"data.num_workers={4 * need} on 1 CPU core per GPU" in line
 
 
 def fake_trainer(device: str) -> SimpleNamespace:

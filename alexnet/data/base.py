@@ -154,7 +154,7 @@ class AlexNetDataModule(L.LightningDataModule):
         if decode == "device" and not batch_augment:
             raise ConfigError("data.decode", "device decodes and crops each batch on the device, which needs "
                                              "data.batch_augment=true (the batch half of the transforms runs there)")
-        if prefetch_factor is not None and not (isinstance(prefetch_factor, int) and prefetch_factor > 0):
+        if prefetch_factor is not None and (isinstance(prefetch_factor, bool) or not isinstance(prefetch_factor, int) or prefetch_factor < 1):
             raise ConfigError("data.prefetch_factor", f"must be a positive integer (batches each worker keeps ready), "
                                                       f"got {prefetch_factor!r}")
 

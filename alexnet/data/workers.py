@@ -46,12 +46,15 @@ def advice(num_workers: int, decode: str, devices: int) -> str | None:
     need = workers_needed()
     if working >= need:
         return None
-    supply = max(working, 1) * PER_WORKER if num_workers else PER_WORKER
-    where = f"{num_workers} data.num_workers" + (f" on {cores} CPU core{'s' if cores > 1 else ''} per GPU" if cores < num_workers else "")
+    if num_workers == 0:
+        where = "data.num_workers=0: the training process itself decodes"
+    else:
+        where = f"data.num_workers={num_workers}" + (
+            f" on {cores} CPU core{'s' if cores > 1 else ''} per GPU" if cores < num_workers else "")
     return (
-        f"data: {where} decode about {supply:,} images/s (about {PER_WORKER:,} per worker and core on 256-pixel "
-        f"JPEGs), less than the about {GPU_IMAGES_PER_S:,} images/s one GPU trains AlexNet at: the GPU will wait. "
-        f"Use data.num_workers={need} or more on {need} free cores, or data.decode=device (nvJPEG)"
+        f"data: {where}, about {max(working, 1) * PER_WORKER:,} images/s (about {PER_WORKER:,} per worker and core "
+        f"on 256-pixel JPEGs), less than the about {GPU_IMAGES_PER_S:,} images/s one GPU trains AlexNet at: the GPU "
+        f"will wait. Use data.num_workers={need} or more on {need} free cores, or data.decode=device (nvJPEG)"
     )
 
 
