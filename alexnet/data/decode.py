@@ -16,10 +16,10 @@ GIF, palette and alpha images, truncated and unreadable files) goes to PIL
 (:func:`alexnet.data.folder.load_rgb`), which decodes what it can and raises on
 the rest, so that the file is skipped, named and counted as before.
 
-Measured on one core (scripts/benchmark.py), torchvision.io was the faster
-decoder in every case tried: 256-pixel copies, 500x375 photos, and 1024x768
-ones, where PIL's reduced-size JPEG decoding (``draft``) lost to a full
-decode plus torchvision's uint8 resize.
+Measured on one core, side by side (scripts/benchmark.py, README "Speed"),
+torchvision.io with torchvision's uint8 resize is the faster path on both
+256-pixel copies and 500x375 photos, so it is the only one for JPEG data;
+``decoder="pil"`` keeps the PIL path for comparison.
 """
 
 from __future__ import annotations
