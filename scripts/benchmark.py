@@ -330,15 +330,16 @@ def machine() -> dict:
 
 
 def print_table(rows: list[Row], ratios: dict, skipped: list[str]) -> None:
-    print(f"{'section':8s} {'what':44s} {'median':>10s}  {'(min - max)':>21s}  unit")
+    width = max(len(r.name) for r in rows) if rows else 44
+    print(f"{'section':8s} {'what':{width}s} {'median':>10s}  {'(min - max)':>21s}  unit")
     for r in rows:
         s = r.stats
-        print(f"{r.section:8s} {r.name:44s} {s['median']:10.2f}  ({s['min']:9.2f} - {s['max']:9.2f})  {r.unit}")
+        print(f"{r.section:8s} {r.name:{width}s} {s['median']:10.2f}  ({s['min']:9.2f} - {s['max']:9.2f})  {r.unit}")
     print()
-    print(f"{'ratio':53s} {'median':>10s}  {'(min - max)':>21s}  target")
+    print(f"{'ratio':{width + 9}s} {'median':>10s}  {'(min - max)':>21s}  target")
     for name, r in ratios.items():
         target = f">= {r['target']}: {'met' if r['met'] else 'NOT met'}" if "target" in r else ""
-        print(f"{name:53s} {r['median']:10.3f}  ({r['min']:9.3f} - {r['max']:9.3f})  {target}")
+        print(f"{name:{width + 9}s} {r['median']:10.3f}  ({r['min']:9.3f} - {r['max']:9.3f})  {target}")
     for note in skipped:
         print(note)
 

@@ -16,8 +16,8 @@ log = logging.getLogger(__name__)
 # Images per second one worker (one core) delivers, data.decode=worker: the worker part of
 # the paper's training pipeline on 256-pixel JPEGs (scripts/prepare_imagenet.py --resize 256),
 # torchvision.io decoding, measured by scripts/benchmark.py on one core of a 2-core AMD EPYC
-# (README, Speed). Full-size photos decode about half as fast.
-PER_WORKER = 1400
+# (README, Speed: 1,174 on a busy day). 500x375 photos: about 480, 40% of that.
+PER_WORKER = 1200
 # The paper network's training rate on one current GPU: a lower bound. torchvision's AlexNet
 # on 4 A100s with 16 workers per GPU trained about 7,900 images/s in total, bound by its input
 # pipeline, so about 2,000 per GPU.
