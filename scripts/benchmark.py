@@ -1,6 +1,6 @@
 """One benchmark for everything: training speed, the LRN, the Lightning loop, data, memory.
 
-    python scripts/benchmark.py                 # about 4 minutes on a 2-core CPU; writes benchmark.json
+    python scripts/benchmark.py                 # about 6 minutes on a 2-core CPU; writes benchmark.json
     python scripts/benchmark.py --quick         # seconds, smallest settings (the test runs this)
     python scripts/benchmark.py --repeats 7 --batch-size 128 --out runs/bench.json
 

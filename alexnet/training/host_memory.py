@@ -9,11 +9,11 @@ performance guide recommends jemalloc or TCMalloc through LD_PRELOAD for
 this reason. A running process can still raise glibc's own thresholds
 (``mallopt``), so that freed blocks stay in the heap for the next step.
 
-Measured on the 2-core development machine, side by side in one process
-each: the batch half of the paper's training pipeline (flip, lighting,
-normalisation of 64 224x224 images) 2.6 times faster, and a CPU training
-step of paper_grouped about 15% faster. The cost: the process keeps its
-peak memory instead of returning freed blocks to the system.
+scripts/benchmark.py measures it on the batch half of the paper's training
+pipeline (flip, lighting, normalisation of 64 224x224 images), one process
+with and one without: 2.5 times faster with it (README, Speed). The cost:
+the process keeps its peak memory instead of returning freed blocks to the
+system.
 """
 
 from __future__ import annotations
