@@ -27,8 +27,7 @@ M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
 # Allocations up to 256 MiB (a float batch of 128 224x224 images is 77 MiB) come from the
 # heap and are reused; free memory at the top of the heap goes back to the system only
 # beyond 1 GiB, about a CPU training step of the paper's network at batch 128. So a
-# process keeps at most about 1 GiB more than it uses (measured under pytest-xdist's
-# two workers without the cap: processes that kept their peaks ran the machine out of memory).
+# process keeps about 1 GiB more than it uses, not every peak it ever reached.
 MMAP_THRESHOLD = 256 << 20
 TRIM_THRESHOLD = 1 << 30
 
