@@ -3,8 +3,10 @@
 Subclasses set ``num_classes`` and ``class_names`` in ``__init__`` (cheaply:
 no image is decoded there) and build ``self.train_set``/``self.val_set`` in
 ``setup``. Batches leave the DataLoader as uint8
-:class:`~alexnet.data.sampling.Samples`; ``on_after_batch_transfer`` turns
-them into what the model sees, on the device:
+:class:`~alexnet.data.sampling.Samples` (with ``data.decode=device``, as file
+bytes that ``on_before_batch_transfer`` decodes and crops on the device into
+Samples); ``on_after_batch_transfer`` turns them into what the model sees,
+on the device:
 
     train: x float32 (B, C, crop, crop), y int64 (B,)
     val: x float32 (B, C, crop, crop), or (B, 10, C, crop, crop) with eval_crops=10
