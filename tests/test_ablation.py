@@ -23,6 +23,7 @@ from torch.utils.tensorboard import SummaryWriter
 from alexnet.training.callbacks import LRNProbe
 from alexnet.config import build_datamodule
 from alexnet.errors import ConfigError
+from alexnet.training.results import finished_results, write_results
 from alexnet.nn.models import count_parameters, create
 from alexnet.nn.summary import summarize
 
@@ -205,6 +206,20 @@ def test_a_finished_run_rerun_with_another_config_is_refused_not_skipped(tmp_pat
     with pytest.raises(ConfigError, match=r"optim\.lr: 0\.01 -> 0\.02"):
         train_script.train(compose_config(*TINY, "skip_finished=true", "optim.lr=0.02"), tmp_path)
     assert not (tmp_path / "checkpoints").exists()  # neither trained
+
+
+def test_a_run_finished_before_an_option_was_added_is_still_finished_but_not_one_with_an_option_since_removed(tmp_path):
+    # A sweep outlives upgrades: results.json from before fast_path.reuse_memory existed.
+    cfg = compose_config(*TINY, "skip_finished=true")
+    write_results(cfg, tmp_path, {"test/top1_error": 0.5, "test/top5_error": 0.1})
+    saved = json.loads((tmp_path / "results.json").read_text())
+    del saved["config"]["fast_path"]["reuse_memory"]
+    (tmp_path / "results.json").write_text(json.dumps(saved))
+    assert finished_results(cfg, tmp_path)["test/top1_error"] == 0.5
+    saved["config"]["model"]["an_option_since_removed"] = 3
+    (tmp_path / "results.json").write_text(json.dumps(saved))
+    with pytest.raises(ConfigError, match=r"model\.an_option_since_removed: 3 -> None"):
+        finished_results(cfg, tmp_path)
 
 
 def test_the_report_tabulates_the_tiny_sweep_with_its_lrn_strengths(killed_and_rerun):

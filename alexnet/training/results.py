@@ -2,7 +2,8 @@
 
 ``skip_finished=true`` (experiment=ablation_cifar: a sweep run again) skips a
 run whose results.json matches the config, and refuses one that finished
-with another config.
+with another config. Options added to the tool after a run finished do not
+make its config another one.
 """
 
 from __future__ import annotations
@@ -40,7 +41,10 @@ def finished_results(cfg: DictConfig, run_dir: Path) -> dict | None:
         return None
     saved = json.loads(path.read_text())
     was, now = _flat(saved["config"]), _flat(OmegaConf.to_container(cfg, resolve=True))
-    changed = sorted(k for k in was.keys() | now.keys() if was.get(k) != now.get(k))
+    # A key the finished run's config lacks was added to the tool since: the run ran what the
+    # option's default keeps (a new option defaults to the old behaviour), so it is no
+    # difference. A key gone since, or a value changed, is.
+    changed = sorted(k for k in was.keys() | now.keys() if k in was and was.get(k) != now.get(k))
     if changed:
         diff = ", ".join(f"{k}: {was.get(k)!r} -> {now.get(k)!r}" for k in changed)
         raise ConfigError("skip_finished", f"{run_dir} finished with another config ({diff}); give another "
