@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from PIL import Image
 from torchvision.io import ImageReadMode, decode_jpeg
+from torchvision.transforms.v2 import functional as TF
 
 # torchvision 0.29 deprecates its image decoders in favour of TorchCodec (0.16+),
 # warning on every call. They are still torchvision's supported decoders for
@@ -43,6 +44,11 @@ DECODERS = ("auto", "pil")  # auto: torchvision.io for JPEG data, PIL for the re
 _SOI = (0xFF, 0xD8)  # a JPEG's first two bytes
 # What PIL raises for a file it cannot read (torchvision raises RuntimeError, and PIL then decides).
 PIL_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+
+
+def unreadable(path: str, error: Exception) -> str:
+    """How a batch names a file it had to skip (DataModule._count_bad warns with it)."""
+    return f"{path} ({type(error).__name__}: {error})"
 
 
 def read_bytes(path: str) -> torch.Tensor:
@@ -91,9 +97,11 @@ def decode_batch(datas: list[torch.Tensor], paths: list[str], device: torch.devi
     for i, image in enumerate(images):
         if image is None:
             try:
-                images[i] = _as_tensor(decode(datas[i])).to(device, non_blocking=True)
+                image = decode(datas[i])
+                image = image if isinstance(image, torch.Tensor) else TF.pil_to_tensor(image)
+                images[i] = image.to(device, non_blocking=True)
             except PIL_ERRORS as e:
-                errors[i] = f"{paths[i]} ({type(e).__name__}: {e})"
+                errors[i] = unreadable(paths[i], e)
     return images, errors
 
 
@@ -102,9 +110,3 @@ def _decode_one(data: torch.Tensor, device: torch.device) -> torch.Tensor | None
         return decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
     except RuntimeError:
         return None
-
-
-def _as_tensor(image) -> torch.Tensor:
-    if isinstance(image, torch.Tensor):
-        return image
-    return torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1).contiguous()

@@ -12,7 +12,7 @@ from torch.utils.data import Dataset, default_collate
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from ..errors import ConfigError
-from .decode import DECODERS, PIL_ERRORS, decode, read_bytes
+from .decode import DECODERS, PIL_ERRORS, decode, read_bytes, unreadable
 from .sampling import Samples, batch_draws, sample_draws, split_key
 
 
@@ -149,7 +149,7 @@ class ImageFiles(Dataset):
         try:
             image = decode(read_bytes(path), self.min_size, self.decoder)
         except PIL_ERRORS as e:
-            return None, label, index, draws, f"{path} ({type(e).__name__}: {e})"
+            return None, label, index, draws, unreadable(path, e)
         x = self.transform(image) if draws is None else self.transform(image, draws)
         return x, label, index, draws, None
 
@@ -189,7 +189,7 @@ class FileBytes(ImageFiles):
         try:
             data = read_bytes(path)
         except OSError as e:
-            return None, label, index, draws, f"{path} ({type(e).__name__}: {e})", path
+            return None, label, index, draws, unreadable(path, e), path
         return data, label, index, draws, None, path
 
 
