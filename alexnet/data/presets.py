@@ -81,8 +81,10 @@ class Normalization:
             bias = bias + offset.view(*offset.shape, 1, 1) / div  # (B, C, 1, 1)
         # In place on one new float tensor: on a CPU each pass over a batch costs more
         # than the crop, and the paper's scaling (gain 1) needs only the addition.
+        # Decided on the host from the config's numbers: reading the gain tensor back would
+        # make every CUDA batch wait for the device.
         y = x.to(torch.float32, copy=True)
-        if not bool((gain == 1).all()):
+        if any(self.scale / 255.0 / d != 1 for d in self.divisor):
             y.mul_(gain)
         return y.add_(bias)
 
