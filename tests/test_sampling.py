@@ -83,10 +83,12 @@ def small_folder(tmp_path_factory) -> Path:
 FOLDER_CIFAR = ["data=folder", "data.batch_size=4", "data.resize_size=36", "trainer.max_epochs=2"]
 
 
-def test_under_ddp_the_ranks_share_each_epoch_and_every_image_is_trained_on_once(small_folder, tmp_path):
+@pytest.mark.parametrize("decode", ["worker", "device"])
+def test_under_ddp_the_ranks_share_each_epoch_and_every_image_is_trained_on_once(small_folder, tmp_path, decode):
     # 21 images on 2 ranks: 11 each, one image trained twice per epoch (DistributedSampler's padding).
+    # data.decode=device: each rank decodes its own batches on its own device.
     result = run_recording(tmp_path / "run", tmp_path / "records", f"data.root={small_folder}", *FOLDER_CIFAR,
-                           "data.num_workers=2", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", *QUIET)
+                           "data.num_workers=2", f"data.decode={decode}", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", *QUIET)
     assert result.returncode == 0, result.stderr[-3000:]
     records = read_records(tmp_path / "records")
     assert [r["global_rank"] for r in records] == [0, 1]
