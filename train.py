@@ -57,7 +57,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
         class_names=list(datamodule.class_names),
         config=OmegaConf.to_container(cfg, resolve=True),
     )
-    trainer = build_trainer(cfg, run_dir)
+    trainer = build_trainer(cfg, run_dir, resuming=ckpt is not None)
     trainer.fit(system, datamodule=datamodule, ckpt_path=str(ckpt) if ckpt else None)
 
     results: dict = {}

@@ -53,8 +53,8 @@ class Record(L.Callback):
         (Path(folder) / f"rank{trainer.global_rank}.json").write_text(json.dumps(record))
 
 
-def build_recording_trainer(cfg, run_dir):
-    trainer = build_trainer(cfg, run_dir)
+def build_recording_trainer(cfg, run_dir, **kwargs):
+    trainer = build_trainer(cfg, run_dir, **kwargs)
     trainer.callbacks.append(Record())
     return trainer
 

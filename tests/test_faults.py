@@ -72,8 +72,8 @@ def add_callback(monkeypatch, callback, first: bool = False) -> None:
     """Make train.py's trainer carry one more callback (first: before the project's own)."""
     build = alexnet.training.trainer.build_trainer
 
-    def build_with_callback(cfg, run_dir):
-        trainer = build(cfg, run_dir)
+    def build_with_callback(cfg, run_dir, **kwargs):
+        trainer = build(cfg, run_dir, **kwargs)
         trainer.callbacks.insert(0 if first else len(trainer.callbacks), callback)
         return trainer
 

@@ -21,7 +21,7 @@ from test_train import REQUIRED_TAGS, scalars
 
 import train as train_script
 from alexnet.errors import ConfigError
-from alexnet.training.loggers import build_loggers, check_loggers
+from alexnet.training.loggers import TRACKERS, build_loggers, check_loggers
 from alexnet.training.results import finished_results, write_results
 
 RUN = [*TINY, "trainer.limit_train_batches=4"]  # a tiny run that still validates and tests
@@ -114,6 +114,26 @@ def test_a_finished_run_is_finished_whatever_its_loggers(tmp_path):
     assert finished_results(compose_config(*TINY, "logger=[csv,tensorboard]"), tmp_path)["test/top1_error"] == 0.5
 
 
+@pytest.mark.parametrize("resuming", [True, False])
+def test_only_a_resume_continues_the_recorded_tracker_runs_and_a_given_id_wins(resuming, tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    pytest.importorskip("mlflow")
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    (tmp_path / TRACKERS).write_text(json.dumps({"wandb": "w1", "mlflow": "m1"}))
+    wandb, mlflow = build_loggers(compose_config("logger=[wandb,mlflow]").logger, tmp_path, resuming=resuming)
+    assert (wandb._wandb_init["id"], mlflow._run_id) == (("w1", "m1") if resuming else (None, None))
+    given = compose_config("logger=[wandb,mlflow]", "logger.wandb.id=w2", "logger.mlflow.run_id=m2").logger
+    wandb, mlflow = build_loggers(given, tmp_path, resuming=resuming)
+    assert (wandb._wandb_init["id"], mlflow._run_id) == ("w2", "m2")
+
+
+def test_a_damaged_trackers_file_is_named_when_a_run_resumes(tmp_path):
+    (tmp_path / TRACKERS).write_text("{not json")
+    with pytest.raises(ConfigError, match=TRACKERS) as err:
+        build_loggers(compose_config("logger=mlflow").logger, tmp_path, resuming=True)
+    assert err.value.key == "ckpt_path"
+
+
 # ---------------------------------------------------------------- what each writes
 
 
@@ -160,3 +180,35 @@ def test_mlflow_records_a_run_with_the_metrics_params_and_kernel_images_in_the_r
     assert found.data.params["config/model/name"] == "cifar"  # the run's config, as parameters
     kernels = [a.path for a in client.list_artifacts(found.info.run_id, "conv1_kernels/tower_1")]
     assert kernels and all(path.endswith(".png") for path in kernels)
+
+
+def test_a_resumed_run_goes_on_logging_to_its_wandb_and_mlflow_runs(tmp_path, monkeypatch):
+    """Resuming after a crash continues the trackers' runs: one MLflow run with the whole curve,
+    W&B's starts under one run id; and MLflow's write-once parameters do not stop the resume."""
+    pytest.importorskip("wandb")
+    pytest.importorskip("mlflow")
+    from mlflow.tracking import MlflowClient
+
+    run = tmp_path / "run"
+    train(run, "logger=[wandb,mlflow]", "logger.wandb.offline=true")
+    ids = json.loads((run / TRACKERS).read_text())
+    assert set(ids) == {"wandb", "mlflow"}
+    # the original overrides are inherited (alexnet.config.inherit_run_overrides); a longer schedule
+    resumed = run_cli("train.py", f"hydra.run.dir={run}", "ckpt_path=last", "trainer.max_epochs=2")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert json.loads((run / TRACKERS).read_text()) == ids
+
+    starts = sorted((run / "wandb").glob("offline-run-*"))
+    assert len(starts) == 2 and all(start.name.endswith(f"-{ids['wandb']}") for start in starts)
+
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    client = MlflowClient(tracking_uri=(run / "mlruns").as_uri())
+    (found,) = client.search_runs([client.get_experiment_by_name("alexnet").experiment_id])
+    assert found.info.run_id == ids["mlflow"] and found.info.status == "FINISHED"
+    curve = client.get_metric_history(found.info.run_id, "val/top1_error")
+    assert len(curve) == 2 and curve[0].step < curve[1].step  # epochs 0 and 1, in one run
+    # changed parameters keep their first value, and the warning names them
+    assert found.data.params["config/trainer/max_epochs"] == "1"
+    (warning,) = [line for line in resumed.stdout.splitlines() if "write-once" in line]  # Hydra logs to stdout
+    assert warning.endswith("config/ckpt_path, config/trainer/max_epochs")
+    assert found.data.metrics["test/top1_error"] == pytest.approx(json.loads((run / "results.json").read_text())["results"]["test/top1_error"])

@@ -6,20 +6,34 @@ folder as its ``save_dir``. The trackers that are not dependencies of the
 project (W&B, MLflow) are extras; asking for one that is not installed is a
 ConfigError raised by :func:`check_loggers` while the config is validated,
 before any data is read.
+
+A resumed run continues its trackers' runs: the first start records the W&B
+and MLflow run ids in RUN/trackers.json (:class:`TrackerIds`), and a start
+that resumes from a checkpoint passes them back (``logger.wandb.id``,
+``logger.mlflow.run_id``) unless given others. TensorBoard and CSV need no id:
+they append to, or version, files in the run folder.
 """
 
 from __future__ import annotations
 
 import importlib
 import inspect
+import json
+import logging
 import os
 from pathlib import Path
 
+import lightning as L
 import torch
+from lightning.fabric.utilities.logger import _convert_params, _flatten_dict
 from lightning.pytorch.loggers import CSVLogger, Logger, MLFlowLogger, TensorBoardLogger, WandbLogger
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from ..errors import ConfigError
+from ..files import atomic_path
+
+log = logging.getLogger(__name__)
 
 # option -> (Lightning's class, the module it needs, the pyproject extra that installs it)
 LOGGERS = {
@@ -29,6 +43,8 @@ LOGGERS = {
     "mlflow": (MLFlowLogger, "mlflow", "mlflow"),
 }
 OWNED = ("save_dir",)  # every output is under the run folder
+TRACKERS = "trackers.json"  # RUN/trackers.json: {"wandb": ID, "mlflow": RUN_ID}, the runs a resume continues
+RUN_ID_KEYS = {"wandb": "id", "mlflow": "run_id"}  # the key of each tracker that names the run to continue
 
 
 def chosen(logger: DictConfig | None) -> dict[str, dict]:
@@ -80,15 +96,87 @@ def arguments(name: str) -> set[str]:
     return keys
 
 
-def build_loggers(logger: DictConfig, run_dir: Path) -> list[Logger]:
-    """The chosen loggers, in the order given, all writing under ``run_dir``."""
+def build_loggers(logger: DictConfig, run_dir: Path, resuming: bool = False) -> list[Logger]:
+    """The chosen loggers, in the order given, all writing under ``run_dir``.
+
+    ``resuming``: the run continues from a checkpoint, so W&B and MLflow continue
+    the runs recorded in RUN/trackers.json, where their id keys are not given.
+    """
+    recorded = tracker_ids(run_dir) if resuming else {}
     loggers = []
     for name, keys in chosen(logger).items():
         cls = LOGGERS[name][0]
+        id_key = RUN_ID_KEYS.get(name)
+        if id_key and keys.get(id_key) is None and recorded.get(name):
+            keys = {**keys, id_key: recorded[name]}
+            log.info("resuming: logging to the %s run %s again (from %s)", name, recorded[name], run_dir / TRACKERS)
         if name == "mlflow":
             keys = mlflow_keys(keys, run_dir)
+            cls = ResumableMLFlowLogger
         loggers.append(cls(save_dir=str(run_dir), **keys))
     return loggers
+
+
+def tracker_ids(run_dir: Path) -> dict[str, str]:
+    """The tracker runs recorded in RUN/trackers.json; none if there is no such file."""
+    path = run_dir / TRACKERS
+    try:
+        ids = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as err:
+        raise ConfigError("ckpt_path", f"cannot read {path}, which names the W&B and MLflow runs to continue "
+                          f"({err}); delete it to start new tracker runs") from err
+    return {name: ids[name] for name in RUN_ID_KEYS if isinstance(ids, dict) and isinstance(ids.get(name), str)}
+
+
+class TrackerIds(L.Callback):
+    """Records the W&B and MLflow runs in RUN/trackers.json when fitting starts, for a resume to continue.
+
+    Global rank 0 only: the other ranks' loggers make no runs.
+    """
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = Path(run_dir) / TRACKERS
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        ids = {}
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                ids["wandb"] = logger.experiment.id
+            elif isinstance(logger, MLFlowLogger):
+                ids["mlflow"] = logger.run_id
+        if ids:
+            with atomic_path(self.path) as partial:
+                partial.write_text(json.dumps(ids, indent=1))
+
+
+class ResumableMLFlowLogger(MLFlowLogger):
+    """Lightning's MLFlowLogger, able to log the hyperparameters of a resumed run.
+
+    MLflow's parameters are write-once: logging one again with another value
+    raises, and a resume changes some (``ckpt_path``, a longer
+    ``trainer.max_epochs``). So parameters the run already has keep their first
+    value, the changed ones are named in a warning (once: Lightning logs the
+    hyperparameters again for the test), and the new ones are logged.
+    """
+
+    _warned: frozenset = frozenset()
+
+    @rank_zero_only
+    def log_hyperparams(self, params) -> None:
+        flat = _flatten_dict(_convert_params(params))
+        logged = self.experiment.get_run(self.run_id).data.params
+        changed = sorted(k for k, v in flat.items() if k in logged and logged[k] != str(v)[:250] and k not in self._warned)
+        self._warned |= set(changed)
+        if changed:
+            log.warning("MLflow run %s keeps the first value of parameters this resume changed (MLflow's "
+                        "parameters are write-once): %s", self.run_id, ", ".join(changed))
+        new = {k: v for k, v in flat.items() if k not in logged}
+        if new:
+            super().log_hyperparams(new)
 
 
 def mlflow_keys(keys: dict, run_dir: Path) -> dict:

@@ -15,7 +15,7 @@ from .callbacks import Conv1Kernels, FlatStart, LRNStrength, ThroughputProgressB
 from .checkpoints import CHECKPOINT_DIR, LAST, AtomicCheckpointIO
 from .fast_path import configure as fast_path_callbacks
 from .faults import fault_callbacks
-from .loggers import build_loggers
+from .loggers import TrackerIds, build_loggers
 from .precision import Precision
 from .random_state import RandomState
 
@@ -30,8 +30,11 @@ def dual_gpu_strategy(trainer_args: dict):
     return TowerParallelStrategy()
 
 
-def build_trainer(cfg: DictConfig, run_dir: Path) -> L.Trainer:
-    """``lightning.Trainer(**cfg.trainer)`` with the run's loggers, checkpoints and callbacks."""
+def build_trainer(cfg: DictConfig, run_dir: Path, resuming: bool = False) -> L.Trainer:
+    """``lightning.Trainer(**cfg.trainer)`` with the run's loggers, checkpoints and callbacks.
+
+    ``resuming``: fitting continues from a checkpoint, so the W&B and MLflow runs continue too.
+    """
     checkpoints = ModelCheckpoint(
         dirpath=run_dir / CHECKPOINT_DIR,
         filename="best-epoch{epoch:03d}-top1err{val/top1_error:.4f}",
@@ -61,8 +64,10 @@ def build_trainer(cfg: DictConfig, run_dir: Path) -> L.Trainer:
         callbacks.append(ThroughputProgressBar())
     if splits_towers(cfg.model):  # model=paper_dual_gpu
         trainer_args["strategy"] = dual_gpu_strategy(trainer_args)
-    # conf/logger/: RUN/tensorboard by default (a resumed run appends to it), or several loggers.
-    loggers = build_loggers(cfg.logger, run_dir)
+    # conf/logger/: RUN/tensorboard by default (a resumed run appends to it), or several loggers;
+    # a resumed run continues its W&B and MLflow runs, recorded in RUN/trackers.json.
+    loggers = build_loggers(cfg.logger, run_dir, resuming)
+    callbacks.append(TrackerIds(run_dir))
     # Every checkpoint is written aside and renamed into place (alexnet/training/checkpoints.py).
     return L.Trainer(**trainer_args, logger=loggers, callbacks=callbacks, plugins=[AtomicCheckpointIO()],
                      default_root_dir=str(run_dir))
