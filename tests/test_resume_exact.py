@@ -5,7 +5,10 @@ on, a checkpoint every step; stopped by kill -9 of the whole job after a step
 checkpoint, or by SIGTERM (which saves last.ckpt at the end of the batch),
 in one process and in two DDP processes. The resumed run's final weights
 and momentum must equal the uninterrupted run's bit for bit: the loader's
-position, the order, the crops and the dropout stream all continue.
+position, the order, the crops and the dropout stream all continue. A run
+that decodes on the device (`data.decode=device`: the workers only read
+bytes) is killed too, and must resume to the same weights as the
+uninterrupted run that decoded in the workers.
 """
 
 from __future__ import annotations
@@ -57,13 +60,13 @@ def uninterrupted(data, tmp_path_factory):
 
 
 @pytest.mark.parametrize("processes", list(STEPS))
-@pytest.mark.parametrize("stop", ["kill -9", "SIGTERM"])
-def test_a_run_stopped_mid_epoch_resumes_to_the_uninterrupted_runs_weights_and_momentum(stop, processes, data, uninterrupted, tmp_path):
+@pytest.mark.parametrize("stop, decode", [("kill -9", "worker"), ("SIGTERM", "worker"), ("kill -9", "device")])
+def test_a_run_stopped_mid_epoch_resumes_to_the_uninterrupted_runs_weights_and_momentum(stop, decode, processes, data, uninterrupted, tmp_path):
     steps = STEPS[processes]
     at = steps + steps // 2  # in the middle of the second epoch
     run = tmp_path / "run"
     env = {"KILL_AT_STEP": str(at)} if stop == "kill -9" else {"SIGTERM_AT_STEP": str(at)}
-    stopped = run_recording(run, tmp_path / "records", *args(data, processes), env=env)
+    stopped = run_recording(run, tmp_path / "records", *args(data, processes), f"data.decode={decode}", env=env)
     if stop == "kill -9":
         assert stopped.returncode == -signal.SIGKILL, stopped.stderr[-3000:]
         saved_at = at  # the step checkpoint written before the kill
@@ -73,7 +76,7 @@ def test_a_run_stopped_mid_epoch_resumes_to_the_uninterrupted_runs_weights_and_m
     checkpoint = final_state(run)
     assert checkpoint["global_step"] == saved_at and saved_at % steps, "the run was stopped in mid-epoch"
 
-    resumed = run_recording(run, tmp_path / "records", *args(data, processes), "ckpt_path=last")
+    resumed = run_recording(run, tmp_path / "records", *args(data, processes), "ckpt_path=last")  # decode inherited
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resuming from a checkpoint that ended before the epoch ended" not in resumed.stderr  # Lightning's warning
     assert_same_training(final_state(run), uninterrupted[processes])
