@@ -130,6 +130,9 @@ def validate(cfg: DictConfig) -> None:
 
     epochs = cfg.trainer.get("max_epochs")
     _check(epochs is None or epochs == -1 or epochs >= 1, "trainer.max_epochs", f"must be >= 1 (or -1), got {epochs}")
+    steps = cfg.trainer.get("max_steps", -1)
+    _check(isinstance(steps, int) and not isinstance(steps, bool) and (steps == -1 or steps >= 1),
+           "trainer.max_steps", f"must be >= 1 (or -1: no limit), got {steps!r}")
 
     model = OmegaConf.to_container(cfg.model, resolve=True)
     classes = model.pop("num_classes", None)

@@ -77,6 +77,13 @@ def test_the_command_line_wins_over_the_experiment():
     assert compose_config("experiment=paper_imagenet", "model=torchvision").model.name == "torchvision"
 
 
+def test_a_step_limit_needs_no_plus_and_reaches_lightnings_trainer(tmp_path):
+    from alexnet.training.trainer import build_trainer
+
+    assert build_trainer(compose_config(*TINY), tmp_path).max_steps == -1  # no limit, as Lightning's default
+    assert build_trainer(compose_config(*TINY, "trainer.max_steps=7"), tmp_path).max_steps == 7
+
+
 BAD_VALUES = [
     ("optim.lr=0", "optim.lr"),
     ("optim.lr=-0.1", "optim.lr"),
@@ -85,6 +92,8 @@ BAD_VALUES = [
     ("optim.schedule=linear", "optim.schedule"),
     ("optim.factor=2", "optim.factor"),
     ("trainer.max_epochs=0", "trainer.max_epochs"),
+    ("trainer.max_steps=0", "trainer.max_steps"),
+    ("trainer.max_steps=ten", "trainer.max_steps"),
     ("model.dropout=1.5", "model.dropout"),
     ("model.norm=layernorm", "model.norm"),
     ("model.lrn_convention=keras", "model.lrn_convention"),
