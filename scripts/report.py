@@ -20,6 +20,11 @@ is a rule of thumb, not a significance test; with one seed it is not judged.
 A run's LRN strength is its last ``lrn/strength_<layer>`` scalar (measured
 on the first training batch of its last epoch: 1.0 means LRN only divides
 by the constant k^beta).
+A run's tested checkpoint is the epoch whose checkpoint its final test used
+(the best by validation top-1 error, from its ``results.json``), of the
+epochs it validated: where validation and test images are the same (CIFAR,
+whose validation is its test split), a test of any epoch but the last is of
+a checkpoint chosen on the test images.
 A run's error is its final test result (``test/*``, the best checkpoint),
 or its last validation error when no run of the sweep has a test (a run
 without a test among runs with one is unfinished, and is left out). Both go to ``--out``, by
@@ -29,6 +34,8 @@ default the first folder given.
 from __future__ import annotations
 
 import argparse
+import json
+import re
 import statistics
 import sys
 from collections import defaultdict
@@ -68,6 +75,17 @@ class Run:
     source: str  # test or val
     curves: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
     lrn: dict[str, float] = field(default_factory=dict)  # layer -> its last lrn/strength_<layer>
+    tested_epoch: int | None = None  # 0-based: the epoch of the checkpoint the final test used
+
+
+def tested_epoch(folder: Path) -> int | None:
+    """The epoch of the checkpoint RUN/results.json says was tested (``best-epochNNN-...``); None if not known."""
+    try:
+        checkpoint = json.loads((folder / "results.json").read_text())["results"].get("checkpoint") or ""
+    except (OSError, ValueError, KeyError, AttributeError):
+        return None
+    found = re.search(r"best-epoch(\d+)", Path(checkpoint).name)
+    return int(found.group(1)) if found else None
 
 
 def find_runs(paths: list[Path]) -> list[Path]:
@@ -109,6 +127,7 @@ def read_run(folder: Path) -> Run | None:
                 curves,
                 {tag.removeprefix(LRN_TAG): values[-1][1] for tag, values in sorted(curves.items())
                  if tag.startswith(LRN_TAG) and values},
+                tested_epoch(folder) if stage == "test" else None,
             )
     return None
 
@@ -180,18 +199,28 @@ def table(runs: list[Run]) -> str:
         "spread when its size exceeds the larger of the two settings' seed ranges (max - min over seeds), "
         "*inside* otherwise: a rule of thumb for two seeds, not a significance test. LRN strength: each "
         "run's last `lrn/strength_<layer>` (mean |output| / mean |input / k^beta| on the first training batch "
-        "of its last epoch; 1.0 means LRN only divides by the constant k^beta), mean over seeds.",
+        "of its last epoch; 1.0 means LRN only divides by the constant k^beta), mean over seeds. Tested: "
+        "the epoch of the checkpoint the final test used (the best by validation top-1 error) of the epochs "
+        "validated; where validation and test images are the same (CIFAR), one but the last was chosen on the "
+        "test images.",
         "",
     ]
     layers = sorted({layer for r in runs for layer in r.lrn})
-    header = ["run", "setting", "seed", "top-1 error %", "top-5 error %", *(f"LRN {layer}" for layer in layers)]
+    header = ["run", "setting", "seed", "top-1 error %", "top-5 error %", *(f"LRN {layer}" for layer in layers), "tested"]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for s, group in by.items():
         for r in sorted(group, key=lambda r: (r.seed is None, r.seed)):
             cells = [r.folder.name, s, str(r.seed), f"{100 * r.top1:.2f}", f"{100 * r.top5:.2f}",
-                     *(f"{r.lrn[layer]:.3f}" if layer in r.lrn else "—" for layer in layers)]
+                     *(f"{r.lrn[layer]:.3f}" if layer in r.lrn else "—" for layer in layers), _tested(r)]
             lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _tested(run: Run) -> str:
+    """``epoch E of N``, 1-based, N the epochs validated; a dash when no results.json names the checkpoint."""
+    if run.tested_epoch is None:
+        return "—"
+    return f"epoch {run.tested_epoch + 1} of {len(run.curves.get('val/top1_error', []))}"
 
 
 def plot(runs: list[Run], path: Path) -> None:

@@ -290,9 +290,23 @@ def test_the_report_gives_each_runs_last_lrn_strength_and_each_settings_mean(tmp
     rows = setting_rows(report)
     assert rows["baseline"][6] == "conv1 0.910, conv2 0.960" and rows["no_lrn"][6] == "—"
     assert rows["no_lrn"][4] == "+3.00 (1 seed)"  # one seed: not judged against a spread
-    assert "| baseline-0 | baseline | 0 | 30.00 | 10.00 | 0.900 | 0.970 |" in report
-    assert "| baseline-1 | baseline | 1 | 32.00 | 12.00 | 0.920 | 0.950 |" in report
-    assert "| no_lrn-0 | no_lrn | 0 | 34.00 | 13.00 | — | — |" in report
+    assert "| baseline-0 | baseline | 0 | 30.00 | 10.00 | 0.900 | 0.970 | — |" in report  # no results.json: untold
+    assert "| baseline-1 | baseline | 1 | 32.00 | 12.00 | 0.920 | 0.950 | — |" in report
+    assert "| no_lrn-0 | no_lrn | 0 | 34.00 | 13.00 | — | — | — |" in report
+
+
+def test_the_report_says_which_epochs_checkpoint_each_run_tested(tmp_path):
+    sweep = tmp_path / "sweep"
+    for seed, best in ((0, "best-epoch001-top1err0.3000.ckpt"), (1, "best-epoch000-top1err0.3300.ckpt")):
+        run = fake_run(sweep, "baseline", seed, 0.30, 0.10)  # validated at 2 epochs
+        checkpoint = str(run / "checkpoints" / best)
+        (run / "results.json").write_text(json.dumps({"results": {"checkpoint": checkpoint}, "config": {}}))
+    result = run_cli("scripts/report.py", str(sweep))
+    assert result.returncode == 0, result.stderr
+    report = (sweep / "report.md").read_text()
+    assert "| baseline-0 | baseline | 0 | 30.00 | 10.00 | epoch 2 of 2 |" in report  # the last
+    assert "| baseline-1 | baseline | 1 | 30.00 | 10.00 | epoch 1 of 2 |" in report  # chosen by validation
+    assert "chosen on the test images" in report
 
 
 def test_the_report_falls_back_to_validation_and_names_crashed_runs(tmp_path):
