@@ -121,6 +121,52 @@ def test_cifar_reads_torchvisions_pickled_layout(tmp_path, monkeypatch):
     assert dm.val_set.x.unique().tolist() == [9]  # validation is the test split
 
 
+def held_out_cifar(tmp_path, monkeypatch, **kwargs):
+    """A CIFAR-10 whose every image is its own index (pixel value index % 256, label index % 10)."""
+    (tmp_path / "cifar-10-batches-py").mkdir(exist_ok=True)
+
+    class FakeCIFAR10:
+        def __init__(self, root, train, download):
+            n = 200 if train else 40
+            self.data = np.stack([np.full((32, 32, 3), i % 256, dtype=np.uint8) for i in range(n)])
+            self.data[:, 0, 0, 0] = 0 if train else 1  # the split, in one pixel
+            self.targets = [i % 10 for i in range(n)]
+            self.classes = [str(i) for i in range(10)]
+
+    monkeypatch.setitem(cifar.TORCHVISION, "cifar10", FakeCIFAR10)
+    dm = CIFAR10DataModule(root=str(tmp_path), batch_size=8, **kwargs)
+    dm.setup()
+    return dm
+
+
+def test_cifar_validates_on_the_test_split_unless_training_images_are_held_out(tmp_path, monkeypatch):
+    dm = held_out_cifar(tmp_path, monkeypatch)
+    assert len(dm.train_set) == 200 and dm.val_set is dm.test_set and dm.test_set.x[:, 0, 0, 0].unique().tolist() == [1]
+
+    dm = held_out_cifar(tmp_path, monkeypatch, val_size=30)
+    assert (len(dm.train_set), len(dm.val_set), len(dm.test_set)) == (170, 30, 40)
+    assert dm.val_set.x[:, 0, 0, 0].unique().tolist() == [0]  # training images
+    assert dm.test_set.x[:, 0, 0, 0].unique().tolist() == [1]  # the test split, untouched
+    held, trained = set(dm.val_set.x[:, 0, 0, 1].tolist()), set(dm.train_set.x[:, 0, 0, 1].tolist())
+    assert not held & trained and len(held | trained) == 200  # disjoint, and together the training split
+    assert dm.val_set.y.bincount(minlength=10).tolist() == [3] * 10  # as many of each class
+    # the loaders read them: validation the held-out images, the test the test split
+    x = next(iter(dm.val_dataloader()))[0]  # a Samples batch: its images first
+    assert set(x[:, 0, 0, 0].tolist()) == {0}
+    x = next(iter(dm.test_dataloader()))[0]
+    assert set(x[:, 0, 0, 0].tolist()) == {1}
+    # the same images whatever the run's seed
+    again = held_out_cifar(tmp_path, monkeypatch, val_size=30, seed=5)
+    assert torch.equal(again.val_set.x, dm.val_set.x)
+
+
+@pytest.mark.parametrize("val_size", [-1, 1.5, 200, 191])
+def test_a_held_out_size_the_training_split_cannot_give_is_refused_naming_the_key(val_size, tmp_path, monkeypatch):
+    with pytest.raises(ConfigError) as err:  # 191: 20 of a class that has 20 training images
+        held_out_cifar(tmp_path, monkeypatch, val_size=val_size)
+    assert err.value.key == "data.val_size"
+
+
 def test_grayscale_models_get_one_channel(tmp_path):
     dm = ShapesDataModule(num_train=20, num_val=10, crop_size=32, channels=1, batch_size=5)
     x, y = dm.on_after_batch_transfer(next(iter(dm.train_dataloader())), 0)

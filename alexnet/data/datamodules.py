@@ -93,6 +93,11 @@ class InMemoryDataModule(AlexNetDataModule):
                 x, y = x.to(device), y.to(device)
             sets.append(TensorImages(x, y, seed=self.seed))
         self.train_set, self.val_set = sets
+        self.test_set = self.val_set  # the same images, unless a subclass holds some training images out
+
+    def test_dataloader(self):
+        self._need_setup()
+        return self._tensor_loader(self.test_set, shuffle=False, batch=self.test_batch)
 
     def _tensor_loader(self, dataset: TensorImages, shuffle: bool, batch=None):
         if not self.batch_augment:  # run the batch half in the loader, on the CPU
@@ -159,13 +164,17 @@ class CIFAR10DataModule(InMemoryDataModule):
     mean = (0.4914, 0.4822, 0.4465)  # the training set's, widely published
     std = (0.2470, 0.2435, 0.2616)
 
-    def __init__(self, **kwargs):
+    def __init__(self, val_size: int = 0, **kwargs):
         kwargs.setdefault("crop_size", 32)
         kwargs.setdefault("padding", 4)
         if kwargs.get("resize_size") is None:  # 32, or 256 for a 224-pixel model (as 256:224 in Section 2)
             crop = kwargs["crop_size"]
             kwargs["resize_size"] = 32 if crop <= 32 else crop * 8 // 7
         super().__init__(**kwargs)
+        if not isinstance(val_size, int) or isinstance(val_size, bool) or val_size < 0:
+            raise ConfigError("data.val_size", f"must be 0 (validate on the test split) or a number of training "
+                              f"images to hold out, got {val_size!r}")
+        self.val_size = val_size
         if self.require_data and (self.root is None or (self.root.exists() and not self.root.is_dir())):
             raise ConfigError(
                 "data.root",
@@ -192,6 +201,37 @@ class CIFAR10DataModule(InMemoryDataModule):
             raise ConfigError("data.root", f"no CIFAR data in {self.root}; prepare_data() downloads it")
         x, y, _ = cifar.load_pickled(self.root, self.name, train)
         return x, y
+
+    def setup(self, stage: str | None = None) -> None:
+        """Train on the training split and test on the test split; validate on the test split
+        (``val_size=0``, as cuda-convnet did) or on ``val_size`` training images held out."""
+        if self.train_set is not None:
+            return
+        super().setup(stage)
+        if self.val_size:
+            train = self.train_set
+            held = held_out(train.y.cpu(), self.val_size, self.num_classes).to(train.x.device)
+            self.train_set = TensorImages(train.x[~held], train.y[~held], seed=self.seed)
+            self.val_set = TensorImages(train.x[held], train.y[held], seed=self.seed)
+
+
+def held_out(labels: torch.Tensor, size: int, num_classes: int) -> torch.Tensor:
+    """A mask of ``size`` training images to validate on: as many of each class (the first
+    classes one more when ``size`` does not divide), drawn with a fixed generator, so every
+    run and seed holds out the same images."""
+    if size >= len(labels):
+        raise ConfigError("data.val_size", f"must be below the {len(labels)} training images, got {size}")
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))
+    per_class, extra = divmod(size, num_classes)
+    mask = torch.zeros(len(labels), dtype=torch.bool)
+    for c in range(num_classes):
+        members = order[labels[order] == c]
+        wanted = per_class + (c < extra)
+        if wanted >= len(members):
+            raise ConfigError("data.val_size", f"holds out {wanted} images of class {c}, which has only "
+                              f"{len(members)} training images: give fewer")
+        mask[members[:wanted]] = True
+    return mask
 
 
 class CIFAR100DataModule(CIFAR10DataModule):
