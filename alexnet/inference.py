@@ -77,7 +77,9 @@ def sample_images(checkpoint: dict, cfg: DictConfig, overrides: list[str], count
     try:
         # one batch of `count` images, read in this process
         datamodule = build_datamodule(OmegaConf.merge(data, {"batch_size": count, "num_workers": 0}))
-        x, _ = datamodule.on_after_batch_transfer(next(iter(datamodule.val_dataloader())), 0)
+        # the DataModule's two hooks, as Lightning calls them: the first decodes file bytes (data.decode=device)
+        batch = datamodule.on_before_batch_transfer(next(iter(datamodule.val_dataloader())), 0)
+        x, _ = datamodule.on_after_batch_transfer(batch, 0)
     except (ConfigError, OSError, InstantiationException, StopIteration) as err:
         return batches, f"no validation images ({str(err).splitlines()[0] if str(err) else type(err).__name__})"
     batches["validation"] = _images(x, count)

@@ -105,6 +105,7 @@ def fc7(system, datamodule, images: torch.Tensor) -> torch.Tensor:
 def validation_images(datamodule, count: int) -> tuple[torch.Tensor, list[int]]:
     images, labels = [], []
     for batch in datamodule.val_dataloader():
+        batch = datamodule.on_before_batch_transfer(batch, 0)  # file bytes decoded here (data.decode=device)
         x, y = batch[0], batch[1]
         images.append(x)
         labels += y.tolist()

@@ -149,6 +149,32 @@ def test_decode_on_the_device_trains_the_same_weights_and_logs_the_same_tags_as_
         assert torch.equal(buffer, b["optimizer_states"][0]["state"][p]["momentum_buffer"]), p
 
 
+def test_the_readers_outside_lightning_see_the_same_validation_images_whichever_the_decode(jpeg_folder):
+    # export.py's check (sample_images) and visualize.py read validation batches themselves, with the
+    # data config of the checkpoint: a run trained with data.decode=device hands them file bytes.
+    import importlib.util
+
+    from alexnet.config import build_datamodule
+    from alexnet.inference import sample_images
+
+    spec = importlib.util.spec_from_file_location("visualize_script", REPO / "scripts" / "visualize.py")
+    visualize = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(visualize)
+    checks, shown = {}, {}
+    for where in ("worker", "device"):
+        overrides = ["data=folder", f"data.root={jpeg_folder}", "data.resize_size=36", "data.num_workers=0",
+                     f"data.decode={where}"]
+        cfg = compose_config(*overrides)
+        batches, why = sample_images({}, cfg, overrides, 4)
+        assert why is None, why
+        checks[where] = batches["validation"]
+        shown[where] = visualize.validation_images(build_datamodule(cfg.data), 5)
+    assert checks["worker"].shape == (4, 3, 32, 32) and torch.equal(checks["device"], checks["worker"])
+    images, labels = shown["device"]
+    assert images.dtype == torch.uint8 and images.shape == (5, 3, 36, 36)
+    assert torch.equal(images, shown["worker"][0]) and labels == shown["worker"][1] == [0, 0, 1, 1, 2]
+
+
 # ---------------------------------------------------------------- config errors, before any data is read
 
 LOADING_ERRORS = [
