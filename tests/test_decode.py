@@ -149,6 +149,34 @@ def test_decode_on_the_device_trains_the_same_weights_and_logs_the_same_tags_as_
         assert torch.equal(buffer, b["optimizer_states"][0]["state"][p]["momentum_buffer"]), p
 
 
+def test_on_cuda_the_decoder_waits_for_the_queued_work_before_it_writes(tmp_path, monkeypatch):
+    # pytorch/vision#9606: nvJPEG can write into blocks that kernels still queued on the current
+    # stream will read. decode_batch waits on that stream first; faked here (no GPU): the order.
+    import alexnet.data.decode as decode_module
+
+    events = []
+
+    class Stream:
+        def synchronize(self):
+            events.append("synchronize")
+
+    real = decode_module.decode_jpeg
+
+    def fake_decode_jpeg(data, mode, device="cpu"):
+        events.append(f"decode on {device}")
+        return real(data, mode=mode)
+
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: Stream())
+    monkeypatch.setattr(decode_module, "decode_jpeg", fake_decode_jpeg)
+    path = save(photo_image((40, 48), seed=3), tmp_path / "a.JPEG", quality=90)
+    data = read_bytes(str(path))
+    images, errors = decode_module.decode_batch([data, data], [str(path)] * 2, torch.device("cuda"))
+    assert events == ["synchronize", "decode on cuda"] and errors == [None, None]
+    events.clear()
+    decode_module.decode_batch([data], [str(path)], torch.device("cpu"))
+    assert events == ["decode on cpu"]  # nothing to wait for on the CPU
+
+
 def test_the_readers_outside_lightning_see_the_same_validation_images_whichever_the_decode(jpeg_folder):
     # export.py's check (sample_images) and visualize.py read validation batches themselves, with the
     # data config of the checkpoint: a run trained with data.decode=device hands them file bytes.

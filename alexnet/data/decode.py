@@ -88,6 +88,7 @@ def decode_batch(datas: list[torch.Tensor], paths: list[str], device: torch.devi
     errors: list[str | None] = [None] * len(datas)
     jpeg = [i for i, d in enumerate(datas) if is_jpeg(d)]
     if jpeg:
+        wait_for_queued_work(device)
         try:
             decoded = decode_jpeg([datas[i] for i in jpeg], mode=ImageReadMode.RGB, device=device)
         except RuntimeError:
@@ -103,6 +104,24 @@ def decode_batch(datas: list[torch.Tensor], paths: list[str], device: torch.devi
             except PIL_ERRORS as e:
                 errors[i] = unreadable(paths[i], e)
     return images, errors
+
+
+def wait_for_queued_work(device: torch.device) -> None:
+    """Before nvJPEG writes on ``device``: wait until the work queued on its current stream has run.
+
+    torchvision's CUDA decoder allocates its outputs on the caller's stream and
+    decodes on a stream of its own without waiting for the caller's, and the
+    hardware engine (A100, H100) does not honour stream order anyway. The caching
+    allocator hands out a block as soon as it is freed on its stream, so the
+    decoder can be given memory that kernels still queued (the last optimizer
+    step) will read, and overwrite it: wrong numbers or NaNs elsewhere
+    (pytorch/vision#9606, unmerged; torchcodec#1634 adds the same wait).
+    Written here because torchvision 0.29 does not; the decoder synchronises
+    its own stream before returning, so this moves a wait earlier more than it
+    adds one.
+    """
+    if device.type == "cuda":
+        torch.cuda.current_stream(device).synchronize()
 
 
 def _decode_one(data: torch.Tensor, device: torch.device) -> torch.Tensor | None:
