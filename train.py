@@ -23,7 +23,7 @@ from alexnet.errors import ConfigError, TrainingError
 from alexnet.parallel.placement import network
 from alexnet.training.checkpoints import check_compatible, read_checkpoint, resolve_ckpt_path
 from alexnet.training.faults import EXIT_SIGTERM
-from alexnet.training.loggers import log_final_hyperparameters
+from alexnet.training.loggers import finish_trackers, log_final_hyperparameters
 from alexnet.training.results import RESULTS, finished_results, write_results
 from alexnet.training.system import AlexNetSystem
 from alexnet.training.trainer import build_trainer
@@ -58,6 +58,17 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
         config=OmegaConf.to_container(cfg, resolve=True),
     )
     trainer = build_trainer(cfg, run_dir, resuming=ckpt is not None)
+    failed = True
+    try:
+        results = fit_and_test(cfg, run_dir, trainer, system, datamodule, ckpt)
+        failed = False
+    finally:
+        finish_trackers(trainer.loggers, failed)
+    return results
+
+
+def fit_and_test(cfg: DictConfig, run_dir: Path, trainer: L.Trainer, system, datamodule, ckpt: Path | None) -> dict:
+    """Fit (from ``ckpt`` if given), then test the best checkpoint and write RUN/results.json."""
     trainer.fit(system, datamodule=datamodule, ckpt_path=str(ckpt) if ckpt else None)
 
     results: dict = {}

@@ -114,17 +114,74 @@ def test_a_finished_run_is_finished_whatever_its_loggers(tmp_path):
     assert finished_results(compose_config(*TINY, "logger=[csv,tensorboard]"), tmp_path)["test/top1_error"] == 0.5
 
 
+def mlflow_runs(run_dir: Path, count: int) -> list[str]:
+    """``count`` runs made in the run folder's MLflow file store, as a first start makes them."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=(run_dir / "mlruns").resolve().as_uri())
+    experiment = client.create_experiment("alexnet")
+    return [client.create_run(experiment).info.run_id for _ in range(count)]
+
+
 @pytest.mark.parametrize("resuming", [True, False])
 def test_only_a_resume_continues_the_recorded_tracker_runs_and_a_given_id_wins(resuming, tmp_path, monkeypatch):
     pytest.importorskip("wandb")
     pytest.importorskip("mlflow")
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
-    (tmp_path / TRACKERS).write_text(json.dumps({"wandb": "w1", "mlflow": "m1"}))
+    first, other = mlflow_runs(tmp_path, 2)
+    (tmp_path / TRACKERS).write_text(json.dumps({"wandb": "w1", "mlflow": first}))
     wandb, mlflow = build_loggers(compose_config("logger=[wandb,mlflow]").logger, tmp_path, resuming=resuming)
-    assert (wandb._wandb_init["id"], mlflow._run_id) == (("w1", "m1") if resuming else (None, None))
-    given = compose_config("logger=[wandb,mlflow]", "logger.wandb.id=w2", "logger.mlflow.run_id=m2").logger
+    assert (wandb._wandb_init["id"], mlflow._run_id) == (("w1", first) if resuming else (None, None))
+    given = compose_config("logger=[wandb,mlflow]", "logger.wandb.id=w2", f"logger.mlflow.run_id={other}").logger
     wandb, mlflow = build_loggers(given, tmp_path, resuming=resuming)
-    assert (wandb._wandb_init["id"], mlflow._run_id) == ("w2", "m2")
+    assert (wandb._wandb_init["id"], mlflow._run_id) == ("w2", other)
+
+
+def test_offline_wandb_cannot_resume_so_a_resumed_start_is_a_new_run_grouped_with_the_first(tmp_path):
+    pytest.importorskip("wandb")
+    (tmp_path / TRACKERS).write_text(json.dumps({"wandb": "w1"}))
+    (wandb,) = build_loggers(compose_config("logger=wandb", "logger.wandb.offline=true").logger, tmp_path, resuming=True)
+    assert wandb._wandb_init["id"] is None and wandb._wandb_init["group"] == "w1"
+    grouped = compose_config("logger=wandb", "logger.wandb.offline=true", "+logger.wandb.group=sweep").logger
+    (wandb,) = build_loggers(grouped, tmp_path, resuming=True)
+    assert wandb._wandb_init["group"] == "sweep"  # a group given wins
+
+
+@pytest.mark.parametrize("recorded", [True, False])
+def test_an_mlflow_run_to_continue_that_is_gone_is_refused_naming_the_key_before_any_data_is_read(recorded, tmp_path,
+                                                                                                  monkeypatch):
+    pytest.importorskip("mlflow")
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    deleted, = mlflow_runs(tmp_path, 1)
+    MlflowClient(tracking_uri=(tmp_path / "mlruns").resolve().as_uri()).delete_run(deleted)
+    for run_id, says in (("0123456789abcdef0123456789abcdef", "no MLflow run"), (deleted, "is deleted")):
+        overrides = [] if recorded else [f"logger.mlflow.run_id={run_id}"]
+        (tmp_path / TRACKERS).write_text(json.dumps({"mlflow": run_id}))
+        with pytest.raises(ConfigError, match=says) as err:
+            build_loggers(compose_config("logger=mlflow", *overrides).logger, tmp_path, resuming=recorded)
+        assert err.value.key == "logger.mlflow.run_id" and run_id in str(err.value)
+        assert (TRACKERS if recorded else "logger.mlflow.run_id") in str(err.value).split(" in ")[0]
+
+
+def test_a_resume_with_fewer_trackers_keeps_the_others_ids_and_a_new_start_keeps_none(tmp_path, monkeypatch):
+    pytest.importorskip("mlflow")
+    from types import SimpleNamespace
+
+    from alexnet.training.loggers import TrackerIds
+
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    first, = mlflow_runs(tmp_path, 1)
+    (tmp_path / TRACKERS).write_text(json.dumps({"wandb": "w1", "mlflow": first}))
+    (mlflow,) = build_loggers(compose_config("logger=mlflow").logger, tmp_path, resuming=True)
+    TrackerIds(tmp_path, resuming=True).on_fit_start(SimpleNamespace(is_global_zero=True, loggers=[mlflow]), None)
+    assert json.loads((tmp_path / TRACKERS).read_text()) == {"wandb": "w1", "mlflow": first}  # W&B's kept
+    (mlflow,) = build_loggers(compose_config("logger=mlflow").logger, tmp_path)  # a new start: a new MLflow run
+    TrackerIds(tmp_path).on_fit_start(SimpleNamespace(is_global_zero=True, loggers=[mlflow]), None)
+    assert json.loads((tmp_path / TRACKERS).read_text()) == {"mlflow": mlflow.run_id} and mlflow.run_id != first
+    TrackerIds(tmp_path).on_fit_start(SimpleNamespace(is_global_zero=True, loggers=[]), None)  # a new start, no trackers
+    assert not (tmp_path / TRACKERS).exists()
 
 
 def test_a_damaged_trackers_file_is_named_when_a_run_resumes(tmp_path):
@@ -184,7 +241,7 @@ def test_mlflow_records_a_run_with_the_metrics_params_and_kernel_images_in_the_r
 
 def test_a_resumed_run_goes_on_logging_to_its_wandb_and_mlflow_runs(tmp_path, monkeypatch):
     """Resuming after a crash continues the trackers' runs: one MLflow run with the whole curve,
-    W&B's starts under one run id; and MLflow's write-once parameters do not stop the resume."""
+    W&B's offline starts in one group; and MLflow's write-once parameters do not stop the resume."""
     pytest.importorskip("wandb")
     pytest.importorskip("mlflow")
     from mlflow.tracking import MlflowClient
@@ -198,8 +255,10 @@ def test_a_resumed_run_goes_on_logging_to_its_wandb_and_mlflow_runs(tmp_path, mo
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert json.loads((run / TRACKERS).read_text()) == ids
 
-    starts = sorted((run / "wandb").glob("offline-run-*"))
-    assert len(starts) == 2 and all(start.name.endswith(f"-{ids['wandb']}") for start in starts)
+    # offline, W&B cannot resume: the second start is a new run, grouped under the first one's id
+    first, second = sorted((run / "wandb").glob("offline-run-*"))
+    assert first.name.endswith(f"-{ids['wandb']}") and not second.name.endswith(f"-{ids['wandb']}")
+    assert ids["wandb"].encode() in next(second.glob("run-*.wandb")).read_bytes()  # its group
 
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
     client = MlflowClient(tracking_uri=(run / "mlruns").as_uri())
@@ -212,3 +271,16 @@ def test_a_resumed_run_goes_on_logging_to_its_wandb_and_mlflow_runs(tmp_path, mo
     (warning,) = [line for line in resumed.stdout.splitlines() if "write-once" in line]  # Hydra logs to stdout
     assert warning.endswith("config/ckpt_path, config/trainer/max_epochs")
     assert found.data.metrics["test/top1_error"] == pytest.approx(json.loads((run / "results.json").read_text())["results"]["test/top1_error"])
+
+
+def test_each_run_in_one_process_is_its_own_wandb_run(tmp_path):
+    """The jobs of `python train.py -m` run in one process: each must end its W&B run, or the
+    next job's WandbLogger takes it over (it reuses wandb.run)."""
+    pytest.importorskip("wandb")
+    ids = []
+    for job in ("a", "b"):
+        train_script.train(compose_config(*RUN, "logger=wandb", "logger.wandb.offline=true"), tmp_path / job)
+        (start,) = (tmp_path / job / "wandb").glob("offline-run-*")
+        ids.append(json.loads((tmp_path / job / TRACKERS).read_text())["wandb"])
+        assert start.name.endswith(ids[-1])
+    assert ids[0] != ids[1]

@@ -10,8 +10,10 @@ before any data is read.
 A resumed run continues its trackers' runs: the first start records the W&B
 and MLflow run ids in RUN/trackers.json (:class:`TrackerIds`), and a start
 that resumes from a checkpoint passes them back (``logger.wandb.id``,
-``logger.mlflow.run_id``) unless given others. TensorBoard and CSV need no id:
-they append to, or version, files in the run folder.
+``logger.mlflow.run_id``) unless given others. W&B cannot resume an offline
+run, so offline each start is a new run in a group named by the first one's
+id. TensorBoard and CSV need no id: they append to, or version, files in the
+run folder.
 """
 
 from __future__ import annotations
@@ -108,13 +110,50 @@ def build_loggers(logger: DictConfig, run_dir: Path, resuming: bool = False) -> 
         cls = LOGGERS[name][0]
         id_key = RUN_ID_KEYS.get(name)
         if id_key and keys.get(id_key) is None and recorded.get(name):
-            keys = {**keys, id_key: recorded[name]}
-            log.info("resuming: logging to the %s run %s again (from %s)", name, recorded[name], run_dir / TRACKERS)
+            if name == "wandb" and keys.get("offline"):
+                # W&B ignores resume offline (wandb#2423), and `wandb sync` of two offline runs with one
+                # id keeps one history, not both (wandb#3841): a new run, grouped with the first.
+                if keys.get("group") is None:
+                    keys = {**keys, "group": recorded[name]}
+                log.info("resuming offline: a new W&B run in group %s (W&B cannot resume an offline run)",
+                         keys["group"])
+            else:
+                keys = {**keys, id_key: recorded[name]}
+                log.info("resuming: logging to the %s run %s again (from %s)", name, recorded[name], run_dir / TRACKERS)
         if name == "mlflow":
             keys = mlflow_keys(keys, run_dir)
+            if keys.get("run_id"):
+                source = run_dir / TRACKERS if keys["run_id"] == recorded.get("mlflow") else "logger.mlflow.run_id"
+                check_mlflow_run(keys["tracking_uri"], keys["run_id"], source)
             cls = ResumableMLFlowLogger
         loggers.append(cls(save_dir=str(run_dir), **keys))
     return loggers
+
+
+def check_mlflow_run(uri: str, run_id: str, source) -> None:
+    """The MLflow run to log to again exists in ``uri`` and is not deleted; else a ConfigError,
+    before any data is read (Lightning would raise MLflow's own error once fitting started)."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    fix = f"give logger.mlflow.run_id=ID, or delete {TRACKERS} in the run folder to start a new run"
+    try:
+        run = MlflowClient(tracking_uri=uri).get_run(run_id)
+    except MlflowException as err:
+        raise ConfigError("logger.mlflow.run_id", f"no MLflow run {run_id} (from {source}) in {uri} "
+                          f"({str(err).splitlines()[0]}): {fix}") from None
+    if run.info.lifecycle_stage != "active":
+        raise ConfigError("logger.mlflow.run_id", f"the MLflow run {run_id} (from {source}) in {uri} is "
+                          f"{run.info.lifecycle_stage}: {fix}")
+
+
+def finish_trackers(loggers: list[Logger], failed: bool) -> None:
+    """End the W&B run of this process (rank 0's), as Lightning does not: otherwise the next
+    run in the same process (the jobs of ``python train.py -m``, a notebook) logs into it."""
+    for logger in loggers:
+        if isinstance(logger, WandbLogger) and logger._experiment is not None:
+            logger._experiment.finish(exit_code=1 if failed else 0)
+            logger._experiment = None
 
 
 def tracker_ids(run_dir: Path) -> dict[str, str]:
@@ -133,23 +172,32 @@ def tracker_ids(run_dir: Path) -> dict[str, str]:
 class TrackerIds(L.Callback):
     """Records the W&B and MLflow runs in RUN/trackers.json when fitting starts, for a resume to continue.
 
-    Global rank 0 only: the other ranks' loggers make no runs.
+    A resumed start keeps the ids of trackers it does not use (a later start may
+    use them again), and the first W&B run's id when offline (its group). A new
+    start in the folder records only its own. Global rank 0 only: the other
+    ranks' loggers make no runs.
     """
 
-    def __init__(self, run_dir: Path) -> None:
-        self.path = Path(run_dir) / TRACKERS
+    def __init__(self, run_dir: Path, resuming: bool = False) -> None:
+        self.run_dir, self.resuming = Path(run_dir), resuming
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.is_global_zero:
             return
-        ids = {}
+        before = tracker_ids(self.run_dir) if self.resuming else {}
+        ids, current = dict(before), {}
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
-                ids["wandb"] = logger.experiment.id
+                grouped = ids.get("wandb") is not None and logger._wandb_init.get("group") == ids["wandb"]
+                current["wandb"] = ids["wandb"] if grouped else logger.experiment.id
             elif isinstance(logger, MLFlowLogger):
-                ids["mlflow"] = logger.run_id
-        if ids:
-            with atomic_path(self.path) as partial:
+                current["mlflow"] = logger.run_id
+        ids.update(current)
+        path = self.run_dir / TRACKERS
+        if not ids:  # a new start without trackers: any ids there are an earlier run's
+            path.unlink(missing_ok=True)
+        elif ids != before or not self.resuming:
+            with atomic_path(path) as partial:
                 partial.write_text(json.dumps(ids, indent=1))
 
 

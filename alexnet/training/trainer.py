@@ -67,7 +67,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path, resuming: bool = False) -> L.T
     # conf/logger/: RUN/tensorboard by default (a resumed run appends to it), or several loggers;
     # a resumed run continues its W&B and MLflow runs, recorded in RUN/trackers.json.
     loggers = build_loggers(cfg.logger, run_dir, resuming)
-    callbacks.append(TrackerIds(run_dir))
+    callbacks.append(TrackerIds(run_dir, resuming))
     # Every checkpoint is written aside and renamed into place (alexnet/training/checkpoints.py).
     return L.Trainer(**trainer_args, logger=loggers, callbacks=callbacks, plugins=[AtomicCheckpointIO()],
                      default_root_dir=str(run_dir))
