@@ -22,9 +22,11 @@ on the first training batch of its last epoch: 1.0 means LRN only divides
 by the constant k^beta).
 A run's tested checkpoint is the epoch whose checkpoint its final test used
 (the best by validation top-1 error, from its ``results.json``), of the
-epochs it validated: where validation and test images are the same (CIFAR,
-whose validation is its test split), a test of any epoch but the last is of
-a checkpoint chosen on the test images.
+epochs up to its last validation. The final test runs on the validation
+images (ImageNet's validation set, a folder's val/ or test/, CIFAR's test
+split) except on CIFAR with ``data.val_size`` > 0, which validates on
+training images held out: elsewhere, a test of any epoch but the last is of a
+checkpoint chosen on the images it is tested on.
 A run's error is its final test result (``test/*``, the best checkpoint),
 or its last validation error when no run of the sweep has a test (a run
 without a test among runs with one is unfinished, and is left out). Both go to ``--out``, by
@@ -200,9 +202,9 @@ def table(runs: list[Run]) -> str:
         "*inside* otherwise: a rule of thumb for two seeds, not a significance test. LRN strength: each "
         "run's last `lrn/strength_<layer>` (mean |output| / mean |input / k^beta| on the first training batch "
         "of its last epoch; 1.0 means LRN only divides by the constant k^beta), mean over seeds. Tested: "
-        "the epoch of the checkpoint the final test used (the best by validation top-1 error) of the epochs "
-        "validated; where validation and test images are the same (CIFAR), one but the last was chosen on the "
-        "test images.",
+        "the epoch of the checkpoint the final test used (the best by validation top-1 error), of the epochs "
+        "up to the last validation. The test images are the validation images (but on CIFAR with "
+        "`data.val_size` > 0), so a tested epoch but the last was chosen on the test images.",
         "",
     ]
     layers = sorted({layer for r in runs for layer in r.lrn})
@@ -216,11 +218,21 @@ def table(runs: list[Run]) -> str:
     return "\n".join(lines)
 
 
+def last_validated_epoch(run: Run) -> int:
+    """The last epoch (0-based) with a validation: Lightning's ``epoch`` scalar at the steps of
+    ``val/top1_error`` (every epoch or not, a resumed log's repeats too); without it, the count
+    of distinct validation steps."""
+    steps = {step for step, _ in run.curves.get("val/top1_error", [])}
+    epochs = {step: value for step, value in run.curves.get("epoch", [])}
+    validated = [int(epochs[s]) for s in steps if s in epochs]
+    return max(validated) if validated else len(steps) - 1
+
+
 def _tested(run: Run) -> str:
-    """``epoch E of N``, 1-based, N the epochs validated; a dash when no results.json names the checkpoint."""
+    """``epoch E of N``, 1-based, N the last epoch validated; a dash when no results.json names the checkpoint."""
     if run.tested_epoch is None:
         return "—"
-    return f"epoch {run.tested_epoch + 1} of {len(run.curves.get('val/top1_error', []))}"
+    return f"epoch {run.tested_epoch + 1} of {last_validated_epoch(run) + 1}"
 
 
 def plot(runs: list[Run], path: Path) -> None:

@@ -309,6 +309,20 @@ def test_the_report_says_which_epochs_checkpoint_each_run_tested(tmp_path):
     assert "chosen on the test images" in report
 
 
+def test_the_tested_epoch_is_counted_in_epochs_not_validations(tmp_path):
+    # validated every second epoch (epochs 1 and 3 of 4), the log of a resume repeating step 20
+    run = fake_run(tmp_path / "sweep", "baseline", 0, 0.30, 0.10)
+    writer = SummaryWriter(str(run / "tensorboard"))
+    for step, epoch in ((10, 1), (20, 3), (20, 3), (25, 4)):  # 25: the test, logged at epoch 4
+        writer.add_scalar("epoch", epoch, step)
+    writer.add_scalar("val/top1_error", 0.3, 20)
+    writer.close()
+    (run / "results.json").write_text(json.dumps({"results": {"checkpoint": "x/best-epoch003-top1err0.3000.ckpt"}}))
+    result = run_cli("scripts/report.py", str(tmp_path / "sweep"))
+    assert result.returncode == 0, result.stderr
+    assert "| epoch 4 of 4 |" in (tmp_path / "sweep" / "report.md").read_text()
+
+
 def test_the_report_falls_back_to_validation_and_names_crashed_runs(tmp_path):
     sweep = tmp_path / "sweep"
     fake_run(sweep, "baseline", 0, 0.30, 0.10, test=False)
