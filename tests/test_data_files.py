@@ -98,6 +98,72 @@ def test_past_max_bad_images_the_run_stops_with_an_error_that_lists_them(tmp_pat
     assert all(f"broken{i}.JPEG" in str(e.value) for i in range(3))
 
 
+@DECODE
+def test_a_run_whose_batch_has_only_unreadable_files_goes_on_without_it(tmp_path, decode):
+    # Validation reads the files in class order, so a class folder of broken files (a copy that
+    # failed) fills whole batches; max_bad_images allows them, so the run must not crash on one.
+    import json
+
+    import train as train_script
+    from conftest import compose_config
+
+    image_tree(tmp_path, classes=("a", "b"), per_class=4)
+    for path in (tmp_path / "val" / "a").iterdir():
+        path.unlink()
+    for i in range(4):  # the first validation batch of 4: all of them broken
+        (tmp_path / "val" / "a" / f"broken{i}.JPEG").write_bytes(b"\xff\xd8\xff garbage")
+    dm = small(tmp_path, max_bad_images=10, decode=decode)
+    dm.setup("fit")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        (empty, _), (x, y) = batches(dm, dm.val_dataloader())
+    assert empty.shape == (0, 3, 32, 32) and x.shape == (4, 3, 32, 32) and y.tolist() == [1] * 4
+    cfg = compose_config("data=folder", f"data.root={tmp_path}", "data.resize_size=40", "data.batch_size=4",
+                         "data.num_workers=0", "data.max_bad_images=10", f"data.decode={decode}", "data.eval_crops=10",
+                         "trainer.max_epochs=1", "trainer.accelerator=cpu", "trainer.enable_progress_bar=false")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        results = train_script.train(cfg, tmp_path / "run")
+    saved = json.loads((tmp_path / "run" / "results.json").read_text())["results"]
+    assert saved["test/top1_error"] == results["test/top1_error"] in (0.0, 0.25, 0.5, 0.75, 1.0)  # 4 images counted
+
+
+@DECODE
+def test_a_bad_file_counts_once_however_many_epochs_skip_it(tmp_path, decode):
+    # max_bad_images bounds the files: three bad ones, skipped by two workers in each of three
+    # epochs (and the bad validation one by the sanity check, each validation and the test),
+    # are four skipped images, each warned about once, and the run ends.
+    import train as train_script
+    from conftest import compose_config
+
+    image_tree(tmp_path, classes=("a", "b"), per_class=4)
+    for split, n in (("train", 3), ("val", 1)):
+        for i in range(n):
+            (tmp_path / split / "b" / f"broken{i}.JPEG").write_bytes(b"\xff\xd8\xff garbage")
+    cfg = compose_config("data=folder", f"data.root={tmp_path}", "data.resize_size=40", "data.batch_size=4",
+                         "data.num_workers=2", "data.max_bad_images=4", f"data.decode={decode}",
+                         "trainer.max_epochs=3", "trainer.accelerator=cpu", "trainer.enable_progress_bar=false")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        train_script.train(cfg, tmp_path / "run")
+    skipped = sorted(str(w.message).split(" (")[0] for w in caught if "skipped unreadable image" in str(w.message))
+    assert skipped == [f"skipped unreadable image {tmp_path / s / 'b' / f'broken{i}.JPEG'}"
+                       for s, i in (("train", 0), ("train", 1), ("train", 2), ("val", 0))]
+    assert (tmp_path / "run" / "results.json").is_file()
+
+
+def test_a_training_batch_without_images_is_a_zero_loss_that_reaches_every_parameter():
+    # so that under DDP every rank joins the gradient reduction, whatever its batch held
+    from alexnet.training.system import AlexNetSystem
+
+    system = AlexNetSystem(model={"name": "cifar"}, optim={"lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4,
+                                                            "schedule": "constant"}, num_classes=10)
+    loss = system.training_step((torch.empty(0, 3, 32, 32), torch.empty(0, dtype=torch.int64)), 0)
+    loss.backward()
+    assert loss.item() == 0.0
+    assert all(p.grad is not None and not p.grad.any() for p in system.parameters())
+
+
 def test_hidden_folders_and_files_are_never_classes_or_images(tmp_path):
     image_tree(tmp_path, classes=("a", "b"), per_class=2)
     for split in ("train", "val"):

@@ -120,7 +120,8 @@ class AlexNetDataModule(L.LightningDataModule):
         self.train_batch = BatchTrainAugment(crop_size, padding, flip, self.lighting, self.norm)
         self.eval_batch = BatchEvalTransform(crop_size, eval_crops, self.norm)
         self.test_batch = BatchEvalTransform(crop_size, self.test_crops, self.norm)
-        self.bad_images: list[str] = []
+        self.bad_images: list[str] = []  # each unreadable file once, as first named
+        self._bad_paths: set[str] = set()
         # The sample indices of the training batch last handed to the model (for callbacks).
         self.batch_indices: torch.Tensor | None = None
         self.train_sampler: EpochSampler | None = None
@@ -207,6 +208,8 @@ class AlexNetDataModule(L.LightningDataModule):
         after moving the batch). Also counts the images the workers could not read.
 
         Samples -> (x, y): the images' draws decide the training crops, flips and lighting.
+        A batch whose every file was unreadable (and ``max_bad_images`` allows them) is
+        (x, y) with no images, x shaped as the batch half would have made it.
         """
         if not isinstance(batch, Samples):
             return batch
@@ -217,6 +220,9 @@ class AlexNetDataModule(L.LightningDataModule):
         if training:
             self._check_epoch()
             self.batch_indices = batch.index
+        if not len(batch.y):
+            crops = () if training or self._eval_transform().eval_crops == 1 else (10,)
+            return torch.empty(0, *crops, self.channels, self.crop_size, self.crop_size, device=batch.y.device), batch.y
         if x.dtype == torch.uint8:  # with batch_augment=False the workers already did it
             x = self.train_batch(x, batch.draws) if training else self._eval_transform()(x)
         return x, batch.y
@@ -249,7 +255,13 @@ class AlexNetDataModule(L.LightningDataModule):
         return self.test_batch if trainer is not None and trainer.testing else self.eval_batch
 
     def _count_bad(self, paths: list[str]) -> None:
+        # Distinct files: a bad file skipped again (every epoch, the sanity check, the test) counts
+        # once and is warned about once, so max_bad_images bounds the files, not the run's length.
         for p in paths:
+            key = getattr(p, "path", p)
+            if key in self._bad_paths:
+                continue
+            self._bad_paths.add(key)
             self.bad_images.append(p)
             warnings.warn(f"skipped unreadable image {p} ({len(self.bad_images)} so far)", stacklevel=2)
         if len(self.bad_images) > self.max_bad_images:

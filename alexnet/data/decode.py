@@ -46,9 +46,25 @@ _SOI = (0xFF, 0xD8)  # a JPEG's first two bytes
 PIL_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 
 
-def unreadable(path: str, error: Exception) -> str:
+class Unreadable(str):
+    """How a batch names a file it had to skip, ``PATH (Error: message)``, with its ``path``:
+    the same file skipped again (the next epoch, the test) is the same bad image, though the
+    message may differ (PIL names the object it read from)."""
+
+    path: str
+
+    def __new__(cls, text: str, path: str):
+        named = super().__new__(cls, text)
+        named.path = path
+        return named
+
+    def __reduce__(self):  # from a DataLoader worker to the main process
+        return (Unreadable, (str(self), self.path))
+
+
+def unreadable(path: str, error: Exception) -> Unreadable:
     """How a batch names a file it had to skip (DataModule._count_bad warns with it)."""
-    return f"{path} ({type(error).__name__}: {error})"
+    return Unreadable(f"{path} ({type(error).__name__}: {error})", path)
 
 
 def read_bytes(path: str) -> torch.Tensor:

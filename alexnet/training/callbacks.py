@@ -181,7 +181,7 @@ class LRNStrength(L.Callback):
         self._armed = True
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        if not self._armed:
+        if not self._armed or not len(batch[1]):  # a batch without images (all unreadable): the next one
             return
         self._armed = False
         if getattr(pl_module.net, "_compiled_call_impl", None) is not None:

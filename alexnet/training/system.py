@@ -73,6 +73,12 @@ class AlexNetSystem(L.LightningModule):
     # -- training ---------------------------------------------------------
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         x, y = batch
+        if not len(y):
+            # Every file of the batch was unreadable (data.max_bad_images allowed them): a loss of
+            # zero that still reaches every parameter, so that DDP's gradient reduction, which every
+            # rank must join, runs; nothing is logged. (The optimizer still steps: momentum and
+            # weight decay move the weights as on any step.)
+            return sum(p.sum() for p in self.parameters() if p.requires_grad) * 0.0
         logits = self(x)
         loss = F.cross_entropy(logits, y)
         self._log_errors("train", logits, y, loss, on_step=True)
@@ -81,6 +87,8 @@ class AlexNetSystem(L.LightningModule):
     # -- evaluation -------------------------------------------------------
     def _eval_step(self, stage: str, batch) -> None:
         x, y = batch
+        if not len(y):  # every file of the batch was unreadable: nothing to count
+            return
         if x.ndim == 5:  # (B, crops, C, H, W): ten-crop testing
             scores = self._crop_probabilities(x)
             loss = F.nll_loss(scores.clamp_min(1e-12).log(), y)
