@@ -75,12 +75,19 @@ def test_the_documentation_shows_the_commands_users_run():
     assert any(a.startswith("hydra/launcher=submitit_slurm") for _, args in COMMANDS for a in args)
 
 
-@pytest.mark.parametrize("where, args", COMMANDS, ids=[w for w, _ in COMMANDS])
-def test_a_documented_command_composes_and_validates(where, args):
-    overrides = first_of_sweep(args)
+@pytest.fixture(scope="module")
+def hydra_conf():
+    """Hydra initialised once on conf/ for the module (as train.py's @hydra.main does it once)."""
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3", job_name="docs"):
-        cfg = compose(config_name="config", overrides=overrides, return_hydra_config=True)
+        yield
+    GlobalHydra.instance().clear()
+
+
+@pytest.mark.parametrize("where, args", COMMANDS, ids=[w for w, _ in COMMANDS])
+def test_a_documented_command_composes_and_validates(where, args, hydra_conf):
+    overrides = first_of_sweep(args)
+    cfg = compose(config_name="config", overrides=overrides, return_hydra_config=True)
     if any("${hydra:" in o for o in overrides):
         return  # resolved only inside a Hydra job (the launcher's values): composing is the check
     validate(cfg)

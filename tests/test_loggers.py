@@ -279,7 +279,8 @@ def test_each_run_in_one_process_is_its_own_wandb_run(tmp_path):
     pytest.importorskip("wandb")
     ids = []
     for job in ("a", "b"):
-        train_script.train(compose_config(*RUN, "logger=wandb", "logger.wandb.offline=true"), tmp_path / job)
+        train_script.train(compose_config(*RUN, "logger=wandb", "logger.wandb.offline=true", "test_after_fit=false"),
+                           tmp_path / job)
         (start,) = (tmp_path / job / "wandb").glob("offline-run-*")
         ids.append(json.loads((tmp_path / job / TRACKERS).read_text())["wandb"])
         assert start.name.endswith(ids[-1])

@@ -59,8 +59,13 @@ def uninterrupted(data, tmp_path_factory):
     return finals
 
 
-@pytest.mark.parametrize("processes", list(STEPS))
-@pytest.mark.parametrize("stop, decode", [("kill -9", "worker"), ("SIGTERM", "worker"), ("kill -9", "device")])
+# data.decode=device shares the sampler and the draws with worker (test_sampling runs it under DDP):
+# its kill is in one process.
+STOPS = [(stop, "worker", processes) for stop in ("kill -9", "SIGTERM") for processes in STEPS]
+STOPS.append(("kill -9", "device", "one process"))
+
+
+@pytest.mark.parametrize("stop, decode, processes", STOPS, ids=["-".join(s) for s in STOPS])
 def test_a_run_stopped_mid_epoch_resumes_to_the_uninterrupted_runs_weights_and_momentum(stop, decode, processes, data, uninterrupted, tmp_path):
     steps = STEPS[processes]
     at = steps + steps // 2  # in the middle of the second epoch
