@@ -120,8 +120,7 @@ class AlexNetDataModule(L.LightningDataModule):
         self.train_batch = BatchTrainAugment(crop_size, padding, flip, self.lighting, self.norm)
         self.eval_batch = BatchEvalTransform(crop_size, eval_crops, self.norm)
         self.test_batch = BatchEvalTransform(crop_size, self.test_crops, self.norm)
-        self.bad_images: list[str] = []  # each unreadable file once, as first named
-        self._bad_paths: set[str] = set()
+        self._bad: dict[str, str] = {}  # each unreadable file's path -> how it was first named
         # The sample indices of the training batch last handed to the model (for callbacks).
         self.batch_indices: torch.Tensor | None = None
         self.train_sampler: EpochSampler | None = None
@@ -254,21 +253,25 @@ class AlexNetDataModule(L.LightningDataModule):
         trainer = self.trainer
         return self.test_batch if trainer is not None and trainer.testing else self.eval_batch
 
+    @property
+    def bad_images(self) -> list[str]:
+        """The unreadable files skipped so far, each once, as first named."""
+        return list(self._bad.values())
+
     def _count_bad(self, paths: list[str]) -> None:
         # Distinct files: a bad file skipped again (every epoch, the sanity check, the test) counts
         # once and is warned about once, so max_bad_images bounds the files, not the run's length.
         for p in paths:
             key = getattr(p, "path", p)
-            if key in self._bad_paths:
+            if key in self._bad:
                 continue
-            self._bad_paths.add(key)
-            self.bad_images.append(p)
-            warnings.warn(f"skipped unreadable image {p} ({len(self.bad_images)} so far)", stacklevel=2)
-        if len(self.bad_images) > self.max_bad_images:
+            self._bad[key] = p
+            warnings.warn(f"skipped unreadable image {p} ({len(self._bad)} so far)", stacklevel=2)
+        if len(self._bad) > self.max_bad_images:
             raise ConfigError(
                 "data.max_bad_images",
-                f"{len(self.bad_images)} unreadable images, more than the {self.max_bad_images} allowed:\n  "
-                + "\n  ".join(self.bad_images),
+                f"{len(self._bad)} unreadable images, more than the {self.max_bad_images} allowed:\n  "
+                + "\n  ".join(self._bad.values()),
             )
 
     # ---- loaders -------------------------------------------------------------
