@@ -315,8 +315,8 @@ class AlexNetDataModule(L.LightningDataModule):
         return self._eval_loader(self.eval_batch)
 
     def test_dataloader(self):
-        # The test split is the evaluation split: ImageNet's validation set,
-        # CIFAR's test set (which the CIFAR modules load as their val_set).
+        # The test split is the evaluation split: ImageNet's validation set, a folder's val/
+        # or test/ (in-memory data holds its own test_set: CIFAR's test split).
         self._need_setup()
         return self._eval_loader(self.test_batch)
 
