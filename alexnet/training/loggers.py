@@ -185,14 +185,14 @@ class TrackerIds(L.Callback):
         if not trainer.is_global_zero:
             return
         before = tracker_ids(self.run_dir) if self.resuming else {}
-        ids, current = dict(before), {}
+        ids = dict(before)
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
-                grouped = ids.get("wandb") is not None and logger._wandb_init.get("group") == ids["wandb"]
-                current["wandb"] = ids["wandb"] if grouped else logger.experiment.id
+                grouped = "wandb" in before and logger._wandb_init.get("group") == before["wandb"]
+                if not grouped:  # an offline resume's new run keeps the first id: its group
+                    ids["wandb"] = logger.experiment.id
             elif isinstance(logger, MLFlowLogger):
-                current["mlflow"] = logger.run_id
-        ids.update(current)
+                ids["mlflow"] = logger.run_id
         path = self.run_dir / TRACKERS
         if not ids:  # a new start without trackers: any ids there are an earlier run's
             path.unlink(missing_ok=True)
