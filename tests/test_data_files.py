@@ -1,13 +1,16 @@
 """Image files as they come: odd formats decode to RGB, bad files are skipped and
 counted, and a wrong folder layout is an error that names the folders."""
 
+import json
 import warnings
 
 import pytest
 import torch
+from conftest import compose_config
 from data_fixtures import image_tree, random_image, save
 from PIL import Image
 
+import train as train_script
 from alexnet.data import FolderDataModule, ImageNetDataModule
 from alexnet.data.folder import EncodedSamples, load_rgb
 from alexnet.errors import ConfigError
@@ -102,11 +105,6 @@ def test_past_max_bad_images_the_run_stops_with_an_error_that_lists_them(tmp_pat
 def test_a_run_whose_batch_has_only_unreadable_files_goes_on_without_it(tmp_path, decode):
     # Validation reads the files in class order, so a class folder of broken files (a copy that
     # failed) fills whole batches; max_bad_images allows them, so the run must not crash on one.
-    import json
-
-    import train as train_script
-    from conftest import compose_config
-
     image_tree(tmp_path, classes=("a", "b"), per_class=4)
     for path in (tmp_path / "val" / "a").iterdir():
         path.unlink()
@@ -133,9 +131,6 @@ def test_a_bad_file_counts_once_however_many_epochs_skip_it(tmp_path, decode):
     # max_bad_images bounds the files: three bad ones, skipped by two workers in each of three
     # epochs (and the bad validation one by the sanity check, each validation and the test),
     # are four skipped images, each warned about once, and the run ends.
-    import train as train_script
-    from conftest import compose_config
-
     image_tree(tmp_path, classes=("a", "b"), per_class=4)
     for split, n in (("train", 3), ("val", 1)):
         for i in range(n):
