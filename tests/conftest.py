@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -29,17 +30,42 @@ def compose_config(*overrides: str):
     return compose(list(overrides), "test")
 
 
+def run_command(cmd: list[str], *, env: dict, timeout: float, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    """Run ``cmd`` in its own process group and capture what it prints, like ``subprocess.run``.
+
+    A command still running after ``timeout`` seconds fails the test with every
+    Python process's stack: the group (the command, the DDP ranks it started,
+    their loader workers) gets SIGABRT, which ``PYTHONFAULTHANDLER`` turns into a
+    dump of each thread's stack on stderr, then SIGKILL. A hang in a run of
+    several processes is then a traceback to read, not a bare timeout.
+    """
+    process = subprocess.Popen(cmd, cwd=cwd, env={**env, "PYTHONFAULTHANDLER": "1"}, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        out, err = process.communicate(timeout=timeout)
+        return subprocess.CompletedProcess(cmd, process.returncode, out, err)
+    except subprocess.TimeoutExpired:
+        pass
+    for sig, wait in ((signal.SIGABRT, 10), (signal.SIGKILL, None)):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            break
+        try:
+            out, err = process.communicate(timeout=wait)
+            break
+        except subprocess.TimeoutExpired:
+            continue
+    else:
+        out, err = process.communicate()
+    pytest.fail(f"still running after {timeout:.0f} s: {' '.join(cmd)}\n--- stdout (end)\n{out[-3000:]}\n"
+                f"--- stderr, with each process's stack (end)\n{err[-30000:]}", pytrace=False)
+
+
 def run_cli(script: str, *args: str, timeout: float = 600, cwd: Path | None = None) -> subprocess.CompletedProcess:
     """Run a command of the project as a user would, and capture what it prints."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "HYDRA_FULL_ERROR": "0"}
-    return subprocess.run(
-        [sys.executable, str(REPO / script), *args],
-        cwd=cwd or REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    return run_command([sys.executable, str(REPO / script), *args], env=env, timeout=timeout, cwd=cwd or REPO)
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import REPO, TINY, compose_config, run_cli
+from conftest import REPO, TINY, compose_config, run_cli, run_command
 from data_fixtures import cifar10_jpg, cifar10_jpg_subset, random_image  # noqa: F401  (fixtures)
 from omegaconf import OmegaConf
 from test_train import scalars
@@ -142,10 +142,10 @@ KILLED_AT = 2  # training steps done before the first run is killed: in its firs
 def sweep(folder: Path, data: Path, env: dict | None = None) -> tuple[subprocess.CompletedProcess, float]:
     """The tiny sweep, as a user's command (train.py, plus the planned kill of tests/record_train.py)."""
     start = time.monotonic()
-    result = subprocess.run(
+    result = run_command(  # in its own process group, which the planned kill takes
         [sys.executable, str(REPO / "tests" / "record_train.py"), *TINY_SWEEP, f"data.root={data}", f"hydra.sweep.dir={folder}"],
-        cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1", "HYDRA_FULL_ERROR": "0", "OMP_NUM_THREADS": "1", **(env or {})},
-        capture_output=True, text=True, timeout=600, start_new_session=True)  # the kill takes its process group
+        env={**os.environ, "PYTHONUNBUFFERED": "1", "HYDRA_FULL_ERROR": "0", "OMP_NUM_THREADS": "1", **(env or {})},
+        timeout=600)
     return result, time.monotonic() - start
 
 

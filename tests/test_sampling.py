@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, compose_config
+from conftest import REPO, compose_config, run_command
 from data_fixtures import random_image, save
 
 import train as train_script
@@ -41,9 +41,8 @@ def run_recording(run: Path, records: Path, *args: str, env: dict | None = None,
     """tests/record_train.py (train.py plus a recording callback) as a user's command."""
     environment = {**os.environ, "PYTHONUNBUFFERED": "1", "HYDRA_FULL_ERROR": "0", "OMP_NUM_THREADS": "1",
                    "RECORD_DIR": str(records), **(env or {})}
-    return subprocess.run([sys.executable, str(REPO / "tests" / "record_train.py"), f"hydra.run.dir={run}", *args],
-                          cwd=REPO, env=environment, capture_output=True, text=True, timeout=timeout,
-                          start_new_session=True)
+    return run_command([sys.executable, str(REPO / "tests" / "record_train.py"), f"hydra.run.dir={run}", *args],
+                       env=environment, timeout=timeout)
 
 
 def read_records(records: Path) -> list[dict]:
