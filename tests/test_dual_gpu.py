@@ -7,6 +7,7 @@ Each test runs the real command line. The network is the paper's, at a
 from __future__ import annotations
 
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -172,12 +173,13 @@ def test_convert_refuses_another_network_by_name(tmp_path):
     assert not (tmp_path / "out.ckpt").exists()
 
 
-def test_resume_on_two_processes_equals_two_epochs_straight(tmp_path):
-    args = [*DUAL, "optim.schedule=step", "checkpoint.save_top_k=0", "test_after_fit=false"]
+def test_resume_on_two_processes_equals_two_epochs_straight(dual_run, tmp_path):
+    # The fixture's one-epoch run (its own folder left as it is), resumed for a second epoch.
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    train(straight, *args, "trainer.max_epochs=2")
-    train(resumed, *args)
-    rest = train(resumed, "ckpt_path=last", "trainer.max_epochs=2")
+    shutil.copytree(dual_run[0], resumed)
+    train(straight, *DUAL, "optim.schedule=step", "trainer.gradient_clip_val=1.0", "trainer.max_epochs=2",
+          "test_after_fit=false")
+    rest = train(resumed, "ckpt_path=last", "trainer.max_epochs=2", "test_after_fit=false")
     assert "resuming" in rest.stdout + rest.stderr
     a, b = load(straight / "checkpoints" / "last.ckpt"), load(resumed / "checkpoints" / "last.ckpt")
     assert (a["epoch"], a["global_step"]) == (b["epoch"], b["global_step"])
