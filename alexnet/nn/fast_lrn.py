@@ -202,7 +202,6 @@ _compile_failed = False
 def _on_cuda(fn):
     """``fn`` under torch.compile (on CUDA: one fused kernel instead of a dozen
     passes); eager, with one warning, where compiling fails (no Triton, no C compiler)."""
-    global _compile_failed
     if _compile_failed or torch.compiler.is_compiling():  # inside a compiled model: traced there
         return fn
     compiled = _compiled(fn)
