@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -45,21 +46,19 @@ def run_command(cmd: list[str], *, env: dict, timeout: float, cwd: Path = REPO) 
         out, err = process.communicate(timeout=timeout)
         return subprocess.CompletedProcess(cmd, process.returncode, out, err)
     except subprocess.TimeoutExpired:
-        pass
-    for sig, wait in ((signal.SIGABRT, 10), (signal.SIGKILL, None)):
-        try:
-            os.killpg(process.pid, sig)
-        except ProcessLookupError:
-            break
-        try:
-            out, err = process.communicate(timeout=wait)
-            break
-        except subprocess.TimeoutExpired:
-            continue
-    else:
+        _signal_group(process, signal.SIGABRT)
+    try:
+        out, err = process.communicate(timeout=10)  # the stacks, as each process aborts
+    except subprocess.TimeoutExpired:
+        _signal_group(process, signal.SIGKILL)
         out, err = process.communicate()
     pytest.fail(f"still running after {timeout:.0f} s: {' '.join(cmd)}\n--- stdout (end)\n{out[-3000:]}\n"
                 f"--- stderr, with each process's stack (end)\n{err[-30000:]}", pytrace=False)
+
+
+def _signal_group(process: subprocess.Popen, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError):  # the group ended meanwhile
+        os.killpg(process.pid, sig)
 
 
 def run_cli(script: str, *args: str, timeout: float = 600, cwd: Path | None = None) -> subprocess.CompletedProcess:
