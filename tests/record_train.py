@@ -5,7 +5,8 @@ launcher starts the other ranks with this same script, so every process
 carries the callback. Environment variables:
 
     RECORD_DIR       every rank writes rank<global rank>.json there when training ends:
-                     {"global_rank", "tower", "data_parallel_rank", "batches": [[epoch, step, [index, ...]], ...]}
+                     {"global_rank", "tower", "data_parallel_rank", "batches": [[epoch, step, [index, ...]], ...],
+                      "workers": {"start_method", "parents": [each training loader worker's parent pid], "pid"}}
     KILL_AT_STEP=N   once N training steps are done and their checkpoints written,
                      SIGKILL the whole process group (kill -9 of the job)
     SIGTERM_AT_STEP=N  during training step N+1, rank zero gets SIGTERM (as from a scheduler)
@@ -14,6 +15,7 @@ carries the callback. Environment variables:
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import signal
 import sys
@@ -33,6 +35,7 @@ from alexnet.parallel.ranks import data_parallel  # noqa: E402
 class Record(L.Callback):
     def __init__(self) -> None:
         self.batches: list = []
+        self.workers: dict = {}
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         step = trainer.global_step
@@ -41,6 +44,8 @@ class Record(L.Callback):
         if os.environ.get("SIGTERM_AT_STEP") == str(step) and trainer.is_global_zero:
             os.kill(os.getpid(), signal.SIGTERM)
         self.batches.append([trainer.current_epoch, step, trainer.datamodule.batch_indices.tolist()])
+        if not self.workers:
+            self.workers = training_workers(trainer.train_dataloader)
 
     def on_train_end(self, trainer, pl_module) -> None:
         folder = os.environ.get("RECORD_DIR")
@@ -48,9 +53,19 @@ class Record(L.Callback):
             return
         rank, _ = data_parallel(trainer)
         record = {"global_rank": trainer.global_rank, "tower": getattr(trainer.strategy, "tower_rank", 0),
-                  "data_parallel_rank": rank, "batches": self.batches}
+                  "data_parallel_rank": rank, "batches": self.batches, "workers": self.workers}
         Path(folder).mkdir(parents=True, exist_ok=True)
         (Path(folder) / f"rank{trainer.global_rank}.json").write_text(json.dumps(record))
+
+
+def training_workers(loader) -> dict:
+    """How the loader's worker processes were started, and by which process (Linux's /proc)."""
+    context = loader.multiprocessing_context
+    # (private: a loader with persistent workers keeps its iterator, and that its worker processes)
+    workers = getattr(getattr(loader, "_iterator", None), "_workers", [])
+    parents = [int(Path(f"/proc/{w.pid}/stat").read_text().rsplit(")", 1)[1].split()[1]) for w in workers]
+    return {"start_method": context.get_start_method() if context else multiprocessing.get_start_method(),
+            "parents": parents, "pid": os.getpid()}
 
 
 def build_recording_trainer(cfg, run_dir, **kwargs):

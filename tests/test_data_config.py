@@ -57,6 +57,7 @@ BAD = [
     ({"channels": 2}, "data.channels"),
     ({"num_workers": -1}, "data.num_workers"),
     ({"max_bad_images": -1}, "data.max_bad_images"),
+    ({"multiprocessing_context": "threads"}, "data.multiprocessing_context"),
 ]
 
 

@@ -92,6 +92,10 @@ def test_under_ddp_the_ranks_share_each_epoch_and_every_image_is_trained_on_once
     records = read_records(tmp_path / "records")
     assert [r["global_rank"] for r in records] == [0, 1]
     assert_every_image_once_per_epoch(records, size=21, copies=2)
+    for r in records:  # not forked from a rank that runs gloo's threads (alexnet/data/start_method.py)
+        workers = r["workers"]
+        assert workers["start_method"] == "forkserver"
+        assert len(workers["parents"]) == 2 and workers["pid"] not in workers["parents"], workers
 
 
 def test_two_data_parallel_copies_of_the_two_towers_share_each_epoch_and_the_towers_see_the_same_images(tmp_path_factory, tmp_path):
@@ -114,20 +118,25 @@ def test_two_data_parallel_copies_of_the_two_towers_share_each_epoch_and_the_tow
 # ---------------------------------------------------------------- the same run, whatever the workers
 
 
-def test_zero_or_two_workers_train_bit_identical_weights_on_folder_data(small_folder, tmp_path):
+def test_zero_or_two_workers_forked_or_from_a_fork_server_train_bit_identical_weights_on_folder_data(small_folder, tmp_path):
+    # A fork server's workers inherit none of the training process's state (its random streams
+    # included): the crops and flips must not depend on it.
     finals = []
-    for workers in (0, 2):
-        run = tmp_path / f"workers{workers}"
+    for workers, start in ((0, "auto"), (2, "fork"), (2, "forkserver")):
+        run = tmp_path / f"workers{workers}-{start}"
         cfg = compose_config(f"data.root={small_folder}", *FOLDER_CIFAR, f"data.num_workers={workers}",
-                             "trainer.accelerator=cpu", "trainer.num_sanity_val_steps=0", *QUIET)
+                             f"data.multiprocessing_context={start}", "trainer.accelerator=cpu",
+                             "trainer.num_sanity_val_steps=0", *QUIET)
         train_script.train(cfg, run)
         finals.append(torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True))
-    a, b = finals
-    assert a["global_step"] == b["global_step"] == 2 * 6
-    for key in a["state_dict"]:
-        assert torch.equal(a["state_dict"][key], b["state_dict"][key]), key
-    for p, state in a["optimizer_states"][0]["state"].items():
-        assert torch.equal(state["momentum_buffer"], b["optimizer_states"][0]["state"][p]["momentum_buffer"])
+    a = finals[0]
+    assert a["global_step"] == 2 * 6
+    for b in finals[1:]:
+        assert b["global_step"] == a["global_step"]
+        for key in a["state_dict"]:
+            assert torch.equal(a["state_dict"][key], b["state_dict"][key]), key
+        for p, state in a["optimizer_states"][0]["state"].items():
+            assert torch.equal(state["momentum_buffer"], b["optimizer_states"][0]["state"][p]["momentum_buffer"])
 
 
 def test_an_images_crop_flip_and_lighting_depend_on_seed_epoch_and_index_alone(small_folder):

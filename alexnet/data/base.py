@@ -21,6 +21,7 @@ any step continues with the batches an uninterrupted run would have drawn.
 
 from __future__ import annotations
 
+import logging
 import warnings
 from pathlib import Path
 
@@ -32,6 +33,7 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 
 from ..errors import ConfigError, TrainingError
 from ..parallel.ranks import data_parallel
+from . import start_method
 from .augment import IMAGENET_EIGVAL, IMAGENET_EIGVEC, Lighting
 from .decode import DECODE, decode_batch
 from .folder import EncodedSamples
@@ -48,6 +50,8 @@ from .presets import (
 )
 from .sampling import EpochSampler, Samples
 from .stats import PixelStats
+
+log = logging.getLogger(__name__)
 
 # The DataModule's checkpoint state: the version of the sampling scheme.
 # Checkpoints without it were written when the order came from a shuffle
@@ -89,6 +93,7 @@ class AlexNetDataModule(L.LightningDataModule):
         batch_augment: bool = True,
         decode: str = "worker",
         prefetch_factor: int | None = 2,
+        multiprocessing_context: str = "auto",
         require_data: bool = True,
     ) -> None:
         """``require_data=False`` skips the checks of data.root, for callers that
@@ -106,6 +111,8 @@ class AlexNetDataModule(L.LightningDataModule):
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
         self.persistent_workers = persistent_workers
         self.decode, self.prefetch_factor = decode, prefetch_factor
+        start_method.check(multiprocessing_context)
+        self.multiprocessing_context = multiprocessing_context
         self._check(batch_size, num_workers, crop_size, resize_size, padding, pca_std, normalize, eval_crops, max_bad_images, channels)
         self._check_loading(decode, prefetch_factor, batch_augment)
         if self.test_crops not in (1, 10):
@@ -125,6 +132,7 @@ class AlexNetDataModule(L.LightningDataModule):
         self.batch_indices: torch.Tensor | None = None
         self.train_sampler: EpochSampler | None = None
         self._first_batch = False
+        self._told_start_method = False
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
 
@@ -290,6 +298,7 @@ class AlexNetDataModule(L.LightningDataModule):
             pin_memory=kwargs.pop("pin_memory", self.pin_memory),
             persistent_workers=self.persistent_workers and workers > 0,
             generator=torch.Generator().manual_seed(self.seed),
+            multiprocessing_context=self._worker_context() if workers > 0 else None,
             **kwargs,
         )
         if not shuffle:
@@ -303,6 +312,18 @@ class AlexNetDataModule(L.LightningDataModule):
         with warnings.catch_warnings():  # torchdata 0.11 calls a deprecated torch function; nothing to act on
             warnings.filterwarnings("ignore", message=".*set_vital.*is deprecated")
             return StatefulDataLoader(dataset, sampler=self.train_sampler, **common)
+
+    def _worker_context(self):
+        processes = self.trainer.world_size if self.trainer is not None else 1
+        ctx = start_method.context(self.multiprocessing_context, processes)
+        if ctx is not None and not self._told_start_method:
+            self._told_start_method = True
+            how = f"data.multiprocessing_context={self.multiprocessing_context}"
+            if self.multiprocessing_context == "auto":
+                how += f", {processes} training processes: forking a rank that runs communication threads can deadlock"
+            if self.trainer is None or self.trainer.is_global_zero:
+                log.info("data: loader workers start by %s (%s)", ctx.get_start_method(), how)
+        return ctx
 
     def _epoch(self) -> int:
         """The epoch the next training iteration is for (restored on resume): what Lightning gives set_epoch."""

@@ -1,0 +1,67 @@
+"""How the DataLoader's worker processes start: ``data.multiprocessing_context``.
+
+On Linux a DataLoader forks its workers from the training process. Forking a
+process that runs threads is unsafe: the child inherits every lock as it
+stood, and a lock that another thread held at that instant is never released
+in the child. A DDP rank runs gloo's (or NCCL's) communication threads, and
+the TensorBoard writer's and multiprocessing's queue feeder threads besides.
+This deadlock was seen here: a rank's validation worker, forked during the
+sanity check, hung for good in CPython's after-fork clean-up
+(``PyOS_AfterFork_Child``, waiting on an inherited lock), and so did the run
+(compare pytorch/pytorch#75147). Python 3.12 warns when a threaded process
+forks, and Python 3.14 makes ``forkserver`` the default start method on Linux
+for this reason.
+
+``auto`` (the default) therefore starts the workers of a run with more than
+one process from a fork server: a clean single-threaded process, started once
+per rank, that forks each worker. The server imports the script (``__main__``,
+train.py) and the data modules once, before any worker is forked, so a worker
+does not import them again. That costs each rank one such import at start
+and nothing per epoch (README, "data.multiprocessing_context", has a measurement). A one-process run keeps the
+platform's default (fork on Linux), which starts workers at no cost; its
+threads are fewer, and the hang was not seen there. ``fork``, ``forkserver``
+and ``spawn`` choose one method everywhere.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+from multiprocessing.context import BaseContext
+
+from ..errors import ConfigError
+
+CHOICES = ("auto", "fork", "forkserver", "spawn")
+# What the fork server imports before it forks a worker: the script that the rank runs (so
+# that unpickling the worker's arguments finds its classes) and the datasets and transforms.
+PRELOAD = ["__main__", "alexnet.data"]
+
+
+def check(setting: str) -> None:
+    if setting not in CHOICES:
+        raise ConfigError("data.multiprocessing_context", f"must be one of {', '.join(CHOICES)}, got {setting!r}")
+    if setting != "auto" and setting not in multiprocessing.get_all_start_methods():
+        raise ConfigError(
+            "data.multiprocessing_context",
+            f"{setting!r} is not available on this platform (it has {', '.join(multiprocessing.get_all_start_methods())})",
+        )
+
+
+def method(setting: str, processes: int) -> str | None:
+    """The start method for a run of ``processes`` training processes; None: the platform's default."""
+    if setting != "auto":
+        return setting
+    if processes > 1 and "forkserver" in multiprocessing.get_all_start_methods():
+        return "forkserver"
+    return None
+
+
+def context(setting: str, processes: int) -> BaseContext | None:
+    """The ``multiprocessing_context`` to give a DataLoader with workers (None: its default)."""
+    chosen = method(setting, processes)
+    if chosen is None:
+        return None
+    ctx = multiprocessing.get_context(chosen)
+    if chosen == "forkserver":
+        # Takes effect when this process's server starts, at its first worker; later calls change nothing.
+        ctx.set_forkserver_preload(PRELOAD)
+    return ctx
