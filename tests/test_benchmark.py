@@ -1,10 +1,10 @@
 """scripts/benchmark.py measures every comparison of issue 6 in one run, as one table and one JSON file."""
 
 import json
-import subprocess
+import os
 import sys
 
-from conftest import REPO
+from conftest import run_command
 
 TRAIN = ["paper_grouped, fast LRN", "paper_grouped, PyTorch LRN", "paper_grouped, no LRN", "torchvision", "cifar"]
 
@@ -12,7 +12,7 @@ TRAIN = ["paper_grouped, fast LRN", "paper_grouped, PyTorch LRN", "paper_grouped
 def test_the_benchmark_prints_one_table_and_writes_every_figure_to_json(tmp_path):
     out = tmp_path / "bench.json"
     cmd = [sys.executable, "scripts/benchmark.py", "--quick", "--out", str(out)]
-    result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    result = run_command(cmd, env=dict(os.environ), timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     table = result.stdout
     for name in TRAIN + ["Lightning loop, cifar", "plain PyTorch loop, cifar", "paper, batched", "peak resident memory"]:

@@ -1,11 +1,11 @@
 """scripts/benchmark_data.py runs and reports every pipeline side by side (issue 15's rows)."""
 
 import json
-import subprocess
+import os
 import sys
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from conftest import run_command
+
 PIPELINES = [
     "paper, per image, PIL", "paper, per image, torchvision.io",
     "paper, batched, PIL", "paper, batched, PIL: worker part",
@@ -19,7 +19,7 @@ def test_benchmark_reports_every_pipeline_on_both_image_sizes_the_ratios_and_the
     out = tmp_path / "bench.json"
     cmd = [sys.executable, "scripts/benchmark_data.py", "--images", "8", "--repeats", "1", "--batch-size", "4",
            "--json", str(out)]
-    result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    result = run_command(cmd, env=dict(os.environ), timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads(out.read_text())
     names = [f"{size}: {p}" for size in ("256px", "500x375") for p in PIPELINES]

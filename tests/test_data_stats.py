@@ -1,18 +1,17 @@
 """Pixel statistics for PCA lighting: compute_pca.py recovers a known covariance."""
 
-import subprocess
+import os
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import run_command
 from PIL import Image
 
 from alexnet.data import FolderDataModule, PixelMoments, PixelStats
 from alexnet.errors import ConfigError
 
-REPO = Path(__file__).resolve().parents[1]
 MEAN = np.array([0.5, 0.45, 0.4])
 # A covariance with distinct eigenvalues, small enough that no pixel clips.
 COV = np.array([[0.0100, 0.0060, 0.0030], [0.0060, 0.0080, 0.0020], [0.0030, 0.0020, 0.0040]])
@@ -56,7 +55,7 @@ def test_compute_pca_script_recovers_a_known_covariance_from_image_files(tmp_pat
     out = tmp_path / "stats.json"
     cmd = [sys.executable, "scripts/compute_pca.py", "data=folder", f"data.root={tmp_path}", "model=cifar",
            "data.resize_size=32", "data.num_workers=0", f"+out={out}", f"hydra.run.dir={tmp_path / 'run'}"]
-    result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
+    result = run_command(cmd, env=dict(os.environ), timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert f"data.pca_file={out}" in result.stdout
     check_recovered(PixelStats.load(out), atol=6e-4)

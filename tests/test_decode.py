@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import subprocess
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -18,7 +17,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, compose_config
+from conftest import REPO, compose_config, run_command
 from data_fixtures import image_tree, photo_image, random_image, save
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -311,8 +310,7 @@ def test_torchvisions_decoder_deprecation_warning_never_reaches_users():
     ])
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     env.pop("PYTHONWARNINGS", None)
-    result = subprocess.run([sys.executable, "-W", "default", "-c", code], cwd=REPO, env=env,
-                            capture_output=True, text=True, timeout=180)
+    result = run_command([sys.executable, "-W", "default", "-c", code], env=env, timeout=180)
     assert result.returncode == 0 and "decoded" in result.stdout, result.stderr[-2000:]
     before, after = result.stderr.split("--- alexnet")
     # Without alexnet, torchvision 0.29 warns (if it no longer does, this filter and test can go).

@@ -1,14 +1,14 @@
 """The GPU fast path is on by default on CUDA, off on the CPU, each part runs on the CPU when asked,
 and none of it changes the precision (trainer.precision alone does: tests/test_precision.py)."""
 
+import os
 import re
-import subprocess
 import sys
 
 import lightning as L
 import pytest
 import torch
-from conftest import REPO, compose_config
+from conftest import compose_config, run_command
 from torch.utils.data import DataLoader, TensorDataset
 
 from alexnet.data import ShapesDataModule
@@ -85,7 +85,7 @@ def test_reused_memory_is_set_for_the_process_and_changes_no_result():
     )
     runs = {}
     for mode in ("off", "on"):
-        out = subprocess.run([sys.executable, "-c", code, mode], cwd=REPO, capture_output=True, text=True, timeout=120)
+        out = run_command([sys.executable, "-c", code, mode], env=dict(os.environ), timeout=120)
         assert out.returncode == 0, out.stderr
         runs[mode] = out.stdout.split()
     assert runs["on"][0] == "True", "mallopt refused the thresholds (is this glibc?)"

@@ -9,6 +9,7 @@ state a resumed run starts from, the guards one by one, SLURM's plumbing.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -45,7 +46,8 @@ def launch(args: list[str], log_dir: Path, shell_prefix: str = "") -> subprocess
     """Start train.py in its own process group; stdout and stderr go to files (no pipe to fill)."""
     log_dir.mkdir(parents=True, exist_ok=True)
     # One thread each: cases run two at a time on a shared CPU, and oversubscribed torch crawls.
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "HYDRA_FULL_ERROR": "0", "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "HYDRA_FULL_ERROR": "0", "OMP_NUM_THREADS": "1",
+           "PYTHONFAULTHANDLER": "1"}  # a SIGABRT (finish's timeout) prints each thread's stack
     cmd = [sys.executable, str(REPO / "train.py"), *args]
     if shell_prefix:  # e.g. `ulimit -f N`, set in a shell so no preexec_fn runs in a threaded test
         cmd = ["bash", "-c", f'{shell_prefix}; exec "$@"', "bash", *cmd]
@@ -61,10 +63,18 @@ class Result:
 
 
 def finish(proc: subprocess.Popen, log_dir: Path, timeout: float = 240) -> Result:
+    """Wait for the run; one still running after ``timeout`` fails the test with its processes' stacks."""
     try:
         proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        with_group(proc, signal.SIGABRT)  # as conftest.run_command: every process's stack on stderr
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=10)
+        with_group(proc, signal.SIGKILL)
+        pytest.fail(f"still running after {timeout:.0f} s: {proc.args}\n--- stderr, with each process's stack (end)\n"
+                    f"{(log_dir / 'stderr.txt').read_text()[-30000:]}", pytrace=False)
     finally:
-        with_group(proc, signal.SIGKILL)  # whatever is left of it: a hung run, a DDP rank
+        with_group(proc, signal.SIGKILL)  # whatever is left of it: a DDP rank, a loader worker
     return Result(proc.returncode, (log_dir / "stdout.txt").read_text(), (log_dir / "stderr.txt").read_text())
 
 

@@ -5,18 +5,17 @@ multiply-adds, receptive fields. SPEC.md: 60,965,224 parameters and "about
 0.72 GMAC per image" for the paper's network.
 """
 
-import subprocess
+import os
 import sys
-from pathlib import Path
 
 import pytest
 import torch
+from conftest import REPO, run_command
 from torch import nn
 
 from alexnet.nn.models import count_parameters, create
 from alexnet.nn.summary import saved_activation_bytes, summarize
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -116,9 +115,7 @@ def test_saved_activation_bytes_counts_what_autograd_keeps_but_not_the_weights()
 
 
 def run(*args):
-    return subprocess.run(
-        [sys.executable, "scripts/summarize.py", *args], cwd=REPO, capture_output=True, text=True, timeout=120
-    )
+    return run_command([sys.executable, "scripts/summarize.py", *args], env=dict(os.environ), timeout=120)
 
 
 def test_summarize_reports_60_965_224_parameters_and_0_72_g_multiply_adds():
