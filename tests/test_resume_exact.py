@@ -19,6 +19,7 @@ import lightning as L
 import pytest
 import torch
 from test_sampling import QUIET, folder_dataset, run_recording
+from test_train import scalars
 
 STEPS = {"one process": 6, "two DDP processes": 3}  # per epoch: 21 images in batches of 4, per rank
 DEVICES = {"one process": ["trainer.accelerator=cpu"],
@@ -49,14 +50,19 @@ def data(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(data, tmp_path_factory):
-    finals = {}
+def uninterrupted_runs(data, tmp_path_factory) -> dict:
+    runs = {}
     for processes in STEPS:
         run = tmp_path_factory.mktemp("uninterrupted") / "run"
         result = run_recording(run, run.parent / "records", *args(data, processes))
         assert result.returncode == 0, result.stderr[-3000:]
-        finals[processes] = final_state(run)
-    return finals
+        runs[processes] = run
+    return runs
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(uninterrupted_runs):
+    return {processes: final_state(run) for processes, run in uninterrupted_runs.items()}
 
 
 # data.decode=device shares the sampler and the draws with worker (test_sampling runs it under DDP):
@@ -87,12 +93,28 @@ def test_a_run_stopped_mid_epoch_resumes_to_the_uninterrupted_runs_weights_and_m
     assert_same_training(final_state(run), uninterrupted[processes])
 
 
+def test_after_a_kill_between_checkpoints_tensorboard_has_each_step_once_with_the_uninterrupted_runs_values(data, uninterrupted_runs, tmp_path):
+    # A checkpoint every 4 steps and at the epoch's end (6 steps), killed after step 11: the killed
+    # run logged steps 8-10 after its last checkpoint, and the resumed run logs them again.
+    run = tmp_path / "run"
+    every_4 = [a.replace("every_n_train_steps=1", "every_n_train_steps=4") for a in args(data, "one process")]
+    killed = run_recording(run, tmp_path / "records", *every_4, env={"KILL_AT_STEP": "11"})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    assert final_state(run)["global_step"] == 8
+    resumed = run_recording(run, tmp_path / "records", *every_4, "ckpt_path=last")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert len(list((run / "tensorboard").glob("events.out.tfevents.*"))) == 2  # the killed run's and the resumed one's
+    ours, theirs = scalars(run), scalars(uninterrupted_runs["one process"])
+    for tag in ("train/loss", "train/top1_error", "val/top1_error", "lr", "epoch"):
+        assert [step for step, _ in ours[tag]] == [step for step, _ in theirs[tag]], f"{tag}: steps"
+        assert ours[tag] == theirs[tag], f"{tag}: values"
+
+
 # ---------------------------------------------------------------- extending a run, older checkpoints
 
 
 def test_extending_a_finished_cosine_run_anneals_on_to_the_floor_and_never_raises_the_rate(tmp_path):
     from conftest import TINY, compose_config
-    from test_train import scalars
 
     import train as train_script
 

@@ -98,11 +98,19 @@ def arguments(name: str) -> set[str]:
     return keys
 
 
-def build_loggers(logger: DictConfig, run_dir: Path, resuming: bool = False) -> list[Logger]:
+def build_loggers(logger: DictConfig, run_dir: Path, resuming: bool = False,
+                  resumed_step: int | None = None) -> list[Logger]:
     """The chosen loggers, in the order given, all writing under ``run_dir``.
 
     ``resuming``: the run continues from a checkpoint, so W&B and MLflow continue
     the runs recorded in RUN/trackers.json, where their id keys are not given.
+    ``resumed_step``: the checkpoint's step. The run that stopped logged the steps
+    after it too, and this one logs them again. SummaryWriter's ``purge_step`` marks
+    the restart in the event file, so that TensorBoard's Python reader
+    (EventAccumulator: scripts/report.py, ``tensorboard --load_fast=false``) hides the
+    old events from that step on, as its web view's data server already does by itself
+    (checked with TensorBoard 2.21): one point per step. W&B drops steps below its
+    current one; MLflow and CSV keep both.
     """
     recorded = tracker_ids(run_dir) if resuming else {}
     loggers = []
@@ -126,6 +134,8 @@ def build_loggers(logger: DictConfig, run_dir: Path, resuming: bool = False) -> 
                 source = run_dir / TRACKERS if keys["run_id"] == recorded.get("mlflow") else "logger.mlflow.run_id"
                 check_mlflow_run(keys["tracking_uri"], keys["run_id"], source)
             cls = ResumableMLFlowLogger
+        if name == "tensorboard" and resumed_step is not None and keys.get("purge_step") is None:
+            keys = {**keys, "purge_step": resumed_step}
         loggers.append(cls(save_dir=str(run_dir), **keys))
     return loggers
 
