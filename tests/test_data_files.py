@@ -2,11 +2,12 @@
 counted, and a wrong folder layout is an error that names the folders."""
 
 import json
+import math
 import warnings
 
 import pytest
 import torch
-from conftest import compose_config
+from conftest import compose_config, run_cli
 from data_fixtures import image_tree, random_image, save
 from PIL import Image
 
@@ -157,6 +158,23 @@ def test_a_training_batch_without_images_is_a_zero_loss_that_reaches_every_param
     loss.backward()
     assert loss.item() == 0.0
     assert all(p.grad is not None and not p.grad.any() for p in system.parameters())
+
+
+def test_under_ddp_a_rank_whose_validation_batches_are_all_unreadable_joins_the_reduction_and_the_run_ends(tmp_path):
+    # 6 validation images on 2 ranks: rank r evaluates images r, r + 2, r + 4 (DistributedSampler,
+    # in order), so breaking every class's second image leaves rank 1 nothing to count. The epoch
+    # end's reduction must still run on both ranks (it hung in rank 0 before), and count rank 0's 3.
+    image_tree(tmp_path, classes=("a", "b", "c"), per_class=2, size=(40, 36))
+    for c in "abc":
+        (tmp_path / "val" / c / f"{c}_1.JPEG").write_bytes(b"\xff\xd8\xff garbage")
+    result = run_cli("train.py", f"hydra.run.dir={tmp_path / 'run'}", "data=folder", f"data.root={tmp_path}",
+                     "data.resize_size=36", "data.batch_size=4", "data.num_workers=0", "trainer.max_epochs=1",
+                     "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.enable_progress_bar=false",
+                     timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    saved = json.loads((tmp_path / "run" / "results.json").read_text())["results"]
+    assert round(3 * saved["test/top1_error"], 4) in (0, 1, 2, 3)  # errors among the 3 readable images
+    assert math.isfinite(saved["test/loss"])
 
 
 def test_hidden_folders_and_files_are_never_classes_or_images(tmp_path):

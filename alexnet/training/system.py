@@ -87,7 +87,12 @@ class AlexNetSystem(L.LightningModule):
     # -- evaluation -------------------------------------------------------
     def _eval_step(self, stage: str, batch) -> None:
         x, y = batch
-        if not len(y):  # every file of the batch was unreadable: nothing to count
+        if not len(y):
+            # Every file of the batch was unreadable: nothing to count. Its keys are logged all the
+            # same, with a weight of zero and the metrics not updated: the epoch-end reduction is a
+            # collective that every DDP rank must join, and a rank whose batches were all empty
+            # would otherwise skip it while the others wait in it for good.
+            self._log_errors(stage, None, y, x.new_zeros(()), on_step=False, batch_size=0)
             return
         if x.ndim == 5:  # (B, crops, C, H, W): ten-crop testing
             scores = self._crop_probabilities(x)
@@ -112,14 +117,17 @@ class AlexNetSystem(L.LightningModule):
         b, n = x.shape[:2]
         return average_crops(self(x.flatten(0, 1)).view(b, n, -1))
 
-    def _log_errors(self, stage: str, scores, y, loss, on_step: bool) -> None:
+    def _log_errors(self, stage: str, scores, y, loss, on_step: bool, batch_size: int | None = None) -> None:
         # Errors, not accuracies: the paper reports top-1 and top-5 error rates.
         # Training logs per step, evaluation per epoch (reduced over DDP ranks).
+        # scores=None: an empty batch, logged (batch_size=0) but not counted.
         on_epoch = not on_step
-        self.log(f"{stage}/loss", loss, on_step=on_step, on_epoch=on_epoch, prog_bar=True, sync_dist=on_epoch)
+        self.log(f"{stage}/loss", loss, on_step=on_step, on_epoch=on_epoch, prog_bar=True, sync_dist=on_epoch,
+                 batch_size=batch_size)
         for name in self.topk:
             metric = getattr(self, f"{stage}_{name}_error")
-            metric(scores, y)
+            if scores is not None:
+                metric(scores, y)
             self.log(f"{stage}/{name}_error", metric, on_step=on_step, on_epoch=on_epoch, prog_bar=name == "top1")
 
     # -- optimisation -----------------------------------------------------
