@@ -39,19 +39,13 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
               f"top5_error={done['test/top5_error']:.4f}, from its {RESULTS})")
         return done
     ckpt = resolve_ckpt_path(cfg.ckpt_path, run_dir)
-    resumed_step = None
     L.seed_everything(cfg.seed, workers=True)
 
     datamodule = build_datamodule(cfg.data)  # validates data.* and the folder layout
     model = OmegaConf.to_container(cfg.model, resolve=True)
     num_classes = model.get("num_classes") or datamodule.num_classes
     if ckpt is not None:
-        checkpoint = read_checkpoint(ckpt)
-        check_compatible(checkpoint, ckpt, model, num_classes)
-        # Lightning logs a training batch at the number of steps before it: the checkpoint's step is the
-        # first that this run logs (again).
-        resumed_step = int(checkpoint.get("global_step", 0))
-        del checkpoint
+        check_compatible(read_checkpoint(ckpt), ckpt, model, num_classes)
         log.info("resuming from %s", ckpt)
     check_class_count(num_classes, datamodule.num_classes)  # labels out of range, before any batch
     check_tower_classes(cfg, num_classes)
@@ -63,7 +57,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
         class_names=list(datamodule.class_names),
         config=OmegaConf.to_container(cfg, resolve=True),
     )
-    trainer = build_trainer(cfg, run_dir, resuming=ckpt is not None, resumed_step=resumed_step)
+    trainer = build_trainer(cfg, run_dir, resuming=ckpt is not None)
     failed = True
     try:
         results = fit_and_test(cfg, run_dir, trainer, system, datamodule, ckpt)

@@ -31,6 +31,7 @@ from lightning.fabric.utilities.logger import _convert_params, _flatten_dict
 from lightning.pytorch.loggers import CSVLogger, Logger, MLFlowLogger, TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
+from tensorboard.compat.proto.event_pb2 import Event, SessionLog
 
 from ..errors import ConfigError
 from ..files import atomic_path
@@ -98,19 +99,12 @@ def arguments(name: str) -> set[str]:
     return keys
 
 
-def build_loggers(logger: DictConfig, run_dir: Path, resuming: bool = False,
-                  resumed_step: int | None = None) -> list[Logger]:
+def build_loggers(logger: DictConfig, run_dir: Path, resuming: bool = False) -> list[Logger]:
     """The chosen loggers, in the order given, all writing under ``run_dir``.
 
     ``resuming``: the run continues from a checkpoint, so W&B and MLflow continue
-    the runs recorded in RUN/trackers.json, where their id keys are not given.
-    ``resumed_step``: the checkpoint's step. The run that stopped logged the steps
-    after it too, and this one logs them again. SummaryWriter's ``purge_step`` marks
-    the restart in the event file, so that TensorBoard's Python reader
-    (EventAccumulator: scripts/report.py, ``tensorboard --load_fast=false``) hides the
-    old events from that step on, as its web view's data server already does by itself
-    (checked with TensorBoard 2.21): one point per step. W&B drops steps below its
-    current one; MLflow and CSV keep both.
+    the runs recorded in RUN/trackers.json, where their id keys are not given, and
+    TensorBoard's curves continue from the checkpoint (:class:`ResumedTensorBoardLogger`).
     """
     recorded = tracker_ids(run_dir) if resuming else {}
     loggers = []
@@ -134,8 +128,8 @@ def build_loggers(logger: DictConfig, run_dir: Path, resuming: bool = False,
                 source = run_dir / TRACKERS if keys["run_id"] == recorded.get("mlflow") else "logger.mlflow.run_id"
                 check_mlflow_run(keys["tracking_uri"], keys["run_id"], source)
             cls = ResumableMLFlowLogger
-        if name == "tensorboard" and resumed_step is not None and keys.get("purge_step") is None:
-            keys = {**keys, "purge_step": resumed_step}
+        if name == "tensorboard" and resuming and keys.get("purge_step") is None:  # a purge_step given wins
+            cls = ResumedTensorBoardLogger
         loggers.append(cls(save_dir=str(run_dir), **keys))
     return loggers
 
@@ -209,6 +203,33 @@ class TrackerIds(L.Callback):
         elif ids != before or not self.resuming:
             with atomic_path(path) as partial:
                 partial.write_text(json.dumps(ids, indent=1))
+
+
+class ResumedTensorBoardLogger(TensorBoardLogger):
+    """Lightning's TensorBoardLogger for a resumed run: its curves go on with one point per step.
+
+    The run that stopped logged the steps after its last checkpoint too, and this
+    one logs them again. Before its first scalar this logger writes TensorBoard's
+    restart marker (a SessionLog START event, what SummaryWriter's ``purge_step``
+    writes) at that scalar's step, and TensorBoard's Python reader (EventAccumulator:
+    scripts/report.py, ``tensorboard --load_fast=false``) then hides the old events
+    from there on. (Its web view's data server drops a step that goes back by itself,
+    checked with TensorBoard 2.21; W&B drops steps below its current one; MLflow and
+    CSV keep both.) The step is the first one this run logs, not read from the
+    checkpoint: Lightning restores its logging step (``_batches_that_stepped``) with
+    corrections of its own that depend on where the checkpoint was saved, and the
+    marker must fall exactly where the new points begin.
+    """
+
+    _restart_pending = True
+
+    @rank_zero_only
+    def log_metrics(self, metrics, step: int | None = None) -> None:
+        if self._restart_pending and step is not None:
+            self._restart_pending = False
+            # SummaryWriter's own file writer, as Lightning's log_hyperparams uses it
+            self.experiment._get_file_writer().add_event(Event(step=step, session_log=SessionLog(status=SessionLog.START)))
+        super().log_metrics(metrics, step)
 
 
 class ResumableMLFlowLogger(MLFlowLogger):

@@ -30,11 +30,10 @@ def dual_gpu_strategy(trainer_args: dict):
     return TowerParallelStrategy()
 
 
-def build_trainer(cfg: DictConfig, run_dir: Path, resuming: bool = False, resumed_step: int | None = None) -> L.Trainer:
+def build_trainer(cfg: DictConfig, run_dir: Path, resuming: bool = False) -> L.Trainer:
     """``lightning.Trainer(**cfg.trainer)`` with the run's loggers, checkpoints and callbacks.
 
-    ``resuming``: fitting continues from a checkpoint (of step ``resumed_step``), so the
-    W&B and MLflow runs continue too, and TensorBoard's curves continue from that step.
+    ``resuming``: fitting continues from a checkpoint, so the W&B and MLflow runs continue too.
     """
     checkpoints = ModelCheckpoint(
         dirpath=run_dir / CHECKPOINT_DIR,
@@ -67,7 +66,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path, resuming: bool = False, resume
         trainer_args["strategy"] = dual_gpu_strategy(trainer_args)
     # conf/logger/: RUN/tensorboard by default (a resumed run appends to it), or several loggers;
     # a resumed run continues its W&B and MLflow runs, recorded in RUN/trackers.json.
-    loggers = build_loggers(cfg.logger, run_dir, resuming, resumed_step)
+    loggers = build_loggers(cfg.logger, run_dir, resuming)
     callbacks.append(TrackerIds(run_dir, resuming))
     # Every checkpoint is written aside and renamed into place (alexnet/training/checkpoints.py).
     return L.Trainer(**trainer_args, logger=loggers, callbacks=callbacks, plugins=[AtomicCheckpointIO()],
