@@ -6,7 +6,7 @@ carries the callback. Environment variables:
 
     RECORD_DIR       every rank writes rank<global rank>.json there when training ends:
                      {"global_rank", "tower", "data_parallel_rank", "batches": [[epoch, step, [index, ...]], ...],
-                      "workers": {"start_method", "parents": [each training loader worker's parent pid], "pid"}}
+                      "workers": {"train" | "val": {"start_method", "parents": [each worker's parent pid], "pid"}}}
     KILL_AT_STEP=N   once N training steps are done and their checkpoints written,
                      SIGKILL the whole process group (kill -9 of the job)
     SIGTERM_AT_STEP=N  during training step N+1, rank zero gets SIGTERM (as from a scheduler)
@@ -45,20 +45,22 @@ class Record(L.Callback):
             os.kill(os.getpid(), signal.SIGTERM)
         self.batches.append([trainer.current_epoch, step, trainer.datamodule.batch_indices.tolist()])
         if not self.workers:
-            self.workers = training_workers(trainer.train_dataloader)
+            self.workers = {"train": loader_workers(trainer.train_dataloader)}
 
     def on_train_end(self, trainer, pl_module) -> None:
         folder = os.environ.get("RECORD_DIR")
         if not folder:
             return
         rank, _ = data_parallel(trainer)
+        if self.workers and trainer.val_dataloaders is not None:
+            self.workers["val"] = loader_workers(trainer.val_dataloaders)
         record = {"global_rank": trainer.global_rank, "tower": getattr(trainer.strategy, "tower_rank", 0),
                   "data_parallel_rank": rank, "batches": self.batches, "workers": self.workers}
         Path(folder).mkdir(parents=True, exist_ok=True)
         (Path(folder) / f"rank{trainer.global_rank}.json").write_text(json.dumps(record))
 
 
-def training_workers(loader) -> dict:
+def loader_workers(loader) -> dict:
     """How the loader's worker processes were started, and by which process (Linux's /proc)."""
     context = loader.multiprocessing_context
     # (private: a loader with persistent workers keeps its iterator, and that its worker processes)

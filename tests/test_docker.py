@@ -61,7 +61,7 @@ def requirements(extras: str, tmp_path) -> list[str]:
     script = run.split(">", 1)[0].strip().replace("python -c", f"{sys.executable} -c", 1)
     shutil.copy(REPO / "pyproject.toml", tmp_path)
     out = subprocess.run(["bash", "-c", script], cwd=tmp_path, env={"EXTRAS": extras, "PATH": "/usr/bin:/bin"},
-                         capture_output=True, text=True, check=True)
+                         capture_output=True, text=True, check=True, timeout=60)
     return out.stdout.splitlines()
 
 

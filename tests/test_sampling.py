@@ -8,6 +8,7 @@ of the two towers), through the real command line.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import subprocess
@@ -93,9 +94,10 @@ def test_under_ddp_the_ranks_share_each_epoch_and_every_image_is_trained_on_once
     assert [r["global_rank"] for r in records] == [0, 1]
     assert_every_image_once_per_epoch(records, size=21, copies=2)
     for r in records:  # not forked from a rank that runs gloo's threads (alexnet/data/start_method.py)
-        workers = r["workers"]
-        assert workers["start_method"] == "forkserver"
-        assert len(workers["parents"]) == 2 and workers["pid"] not in workers["parents"], workers
+        for loader in ("train", "val"):
+            workers = r["workers"][loader]
+            assert workers["start_method"] == "forkserver"
+            assert len(workers["parents"]) == 2 and workers["pid"] not in workers["parents"], (loader, workers)
 
 
 def test_two_data_parallel_copies_of_the_two_towers_share_each_epoch_and_the_towers_see_the_same_images(tmp_path_factory, tmp_path):
@@ -118,7 +120,7 @@ def test_two_data_parallel_copies_of_the_two_towers_share_each_epoch_and_the_tow
 # ---------------------------------------------------------------- the same run, whatever the workers
 
 
-def test_zero_or_two_workers_forked_or_from_a_fork_server_train_bit_identical_weights_on_folder_data(small_folder, tmp_path):
+def test_zero_or_two_workers_forked_or_from_a_fork_server_train_bit_identical_weights_on_folder_data(small_folder, tmp_path, caplog):
     # A fork server's workers inherit none of the training process's state (its random streams
     # included): the crops and flips must not depend on it.
     finals = []
@@ -127,7 +129,11 @@ def test_zero_or_two_workers_forked_or_from_a_fork_server_train_bit_identical_we
         cfg = compose_config(f"data.root={small_folder}", *FOLDER_CIFAR, f"data.num_workers={workers}",
                              f"data.multiprocessing_context={start}", "trainer.accelerator=cpu",
                              "trainer.num_sanity_val_steps=0", *QUIET)
-        train_script.train(cfg, run)
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="alexnet.data.base"):
+            train_script.train(cfg, run)
+        said = [r.getMessage() for r in caplog.records if "loader workers start by" in r.getMessage()]
+        assert said == ([f"data: loader workers start by {start} (data.multiprocessing_context={start})"] if workers else [])
         finals.append(torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True))
     a = finals[0]
     assert a["global_step"] == 2 * 6

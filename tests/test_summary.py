@@ -17,7 +17,6 @@ from alexnet.nn.models import count_parameters, create
 from alexnet.nn.summary import saved_activation_bytes, summarize
 
 
-
 @pytest.fixture(scope="module")
 def paper():
     return summarize(create("paper_grouped", init="torch"))

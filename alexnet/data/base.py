@@ -315,12 +315,14 @@ class AlexNetDataModule(L.LightningDataModule):
 
     def _worker_context(self):
         processes = self.trainer.world_size if self.trainer is not None else 1
-        ctx = start_method.context(self.multiprocessing_context, processes)
+        distributed = processes > 1 or (torch.distributed.is_available() and torch.distributed.is_initialized())
+        ctx = start_method.context(self.multiprocessing_context, distributed)
         if ctx is not None and not self._told_start_method:
             self._told_start_method = True
             how = f"data.multiprocessing_context={self.multiprocessing_context}"
-            if self.multiprocessing_context == "auto":
-                how += f", {processes} training processes: forking a rank that runs communication threads can deadlock"
+            if self.multiprocessing_context == "auto" and distributed:
+                how += (f", {processes} training process{'es' if processes > 1 else ''} in a process group: "
+                        "forking a rank that runs communication threads can deadlock")
             if self.trainer is None or self.trainer.is_global_zero:
                 log.info("data: loader workers start by %s (%s)", ctx.get_start_method(), how)
         return ctx

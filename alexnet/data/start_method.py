@@ -12,15 +12,20 @@ sanity check, hung for good in CPython's after-fork clean-up
 forks, and Python 3.14 makes ``forkserver`` the default start method on Linux
 for this reason.
 
-``auto`` (the default) therefore starts the workers of a run with more than
-one process from a fork server: a clean single-threaded process, started once
-per rank, that forks each worker. The server imports the script (``__main__``,
+``auto`` (the default) therefore starts the workers of a distributed run (more
+than one process, or a process group of one: ``trainer=ddp`` on one device)
+from a fork server: a clean single-threaded process, started once per rank,
+that forks each worker. The server imports the script (``__main__``,
 train.py) and the data modules once, before any worker is forked, so a worker
 does not import them again. That costs each rank one such import at start
-and nothing per epoch (README, "data.multiprocessing_context", has a measurement). A one-process run keeps the
-platform's default (fork on Linux), which starts workers at no cost; its
-threads are fewer, and the hang was not seen there. ``fork``, ``forkserver``
-and ``spawn`` choose one method everywhere.
+(README, "data.multiprocessing_context", has a measurement), and each worker
+start a pickled copy of the dataset's file list sent to it, where a fork
+shares the rank's memory: once per run with persistent workers (the
+default), every epoch without. A run without a process group keeps the
+platform's default: fork on Linux up to Python 3.13, which starts workers at
+no cost (its threads are fewer, and the hang was not seen there); where the
+default is already a fork server (Python 3.14), it gets the preload too.
+``fork``, ``forkserver`` and ``spawn`` choose one method everywhere.
 """
 
 from __future__ import annotations
@@ -46,18 +51,20 @@ def check(setting: str) -> None:
         )
 
 
-def method(setting: str, processes: int) -> str | None:
-    """The start method for a run of ``processes`` training processes; None: the platform's default."""
+def method(setting: str, distributed: bool) -> str | None:
+    """The start method for a process that is (or not) in a torch.distributed group; None: the platform's default."""
     if setting != "auto":
         return setting
-    if processes > 1 and "forkserver" in multiprocessing.get_all_start_methods():
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return None
+    if distributed or multiprocessing.get_start_method() == "forkserver":
         return "forkserver"
     return None
 
 
-def context(setting: str, processes: int) -> BaseContext | None:
+def context(setting: str, distributed: bool) -> BaseContext | None:
     """The ``multiprocessing_context`` to give a DataLoader with workers (None: its default)."""
-    chosen = method(setting, processes)
+    chosen = method(setting, distributed)
     if chosen is None:
         return None
     ctx = multiprocessing.get_context(chosen)
