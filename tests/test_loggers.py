@@ -58,6 +58,14 @@ def test_the_default_is_tensorboard_alone_in_the_run_folder_as_before(tmp_path):
     assert type(logger).__name__ == "TensorBoardLogger" and Path(logger.log_dir) == tmp_path / "tensorboard"
 
 
+def test_a_resumed_run_marks_its_restart_in_tensorboard_unless_given_a_purge_step(tmp_path):
+    # tests/test_resume_exact.py shows the curves a kill and a resume leave
+    (resumed,) = build_loggers(compose_config().logger, tmp_path, resuming=True)
+    assert type(resumed).__name__ == "ResumedTensorBoardLogger"
+    (given,) = build_loggers(compose_config("+logger.tensorboard.purge_step=5").logger, tmp_path, resuming=True)
+    assert type(given).__name__ == "TensorBoardLogger"  # SummaryWriter's own marker, at step 5
+
+
 def test_keys_that_lightning_passes_on_are_accepted():
     check_loggers(compose_config("+logger.tensorboard.flush_secs=5").logger)  # to SummaryWriter
     if importlib.util.find_spec("wandb"):
