@@ -14,7 +14,7 @@ from PIL import Image
 import train as train_script
 from alexnet.data import FolderDataModule, ImageNetDataModule
 from alexnet.data.folder import EncodedSamples, load_rgb
-from alexnet.errors import ConfigError
+from alexnet.errors import ConfigError, TrainingError
 
 ODD_FILES = {  # name: (PIL mode, format written)
     "gray.JPEG": ("L", "JPEG"),
@@ -163,7 +163,7 @@ def test_a_training_batch_without_images_is_a_zero_loss_that_reaches_every_param
 def test_under_ddp_a_rank_whose_validation_batches_are_all_unreadable_joins_the_reduction_and_the_run_ends(tmp_path):
     # 6 validation images on 2 ranks: rank r evaluates images r, r + 2, r + 4 (DistributedSampler,
     # in order), so breaking every class's second image leaves rank 1 nothing to count. The epoch
-    # end's reduction must still run on both ranks (it hung in rank 0 before), and count rank 0's 3.
+    # end's reduction must still run on both ranks (it hung in rank 0 before), over rank 0's images.
     image_tree(tmp_path, classes=("a", "b", "c"), per_class=2, size=(40, 36))
     for c in "abc":
         (tmp_path / "val" / c / f"{c}_1.JPEG").write_bytes(b"\xff\xd8\xff garbage")
@@ -175,6 +175,19 @@ def test_under_ddp_a_rank_whose_validation_batches_are_all_unreadable_joins_the_
     saved = json.loads((tmp_path / "run" / "results.json").read_text())["results"]
     assert round(3 * saved["test/top1_error"], 4) in (0, 1, 2, 3)  # errors among the 3 readable images
     assert math.isfinite(saved["test/loss"])
+
+
+def test_an_evaluation_that_found_no_readable_image_stops_the_run_instead_of_reporting_100_percent_error(tmp_path):
+    image_tree(tmp_path, classes=("a", "b"), per_class=2)
+    for path in (tmp_path / "val").rglob("*.JPEG"):
+        path.write_bytes(b"\xff\xd8\xff garbage")
+    cfg = compose_config("data=folder", f"data.root={tmp_path}", "data.resize_size=40", "data.batch_size=4",
+                         "data.num_workers=0", "data.max_bad_images=10", "trainer.max_epochs=1",
+                         "trainer.accelerator=cpu", "trainer.enable_progress_bar=false")
+    with warnings.catch_warnings(), pytest.raises(TrainingError, match="the validation found no readable image"):
+        warnings.simplefilter("ignore")
+        train_script.train(cfg, tmp_path / "run")  # (the sanity check's batches, all broken too, pass)
+    assert not (tmp_path / "run" / "results.json").exists()
 
 
 def test_hidden_folders_and_files_are_never_classes_or_images(tmp_path):

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torchmetrics.classification import MulticlassAccuracy
 
 from ..data.augment import average_crops
+from ..errors import TrainingError
 from ..nn.models import create
 from .optim import CosineToEnd, build_optimizer, warmup_factor
 
@@ -87,6 +88,7 @@ class AlexNetSystem(L.LightningModule):
     # -- evaluation -------------------------------------------------------
     def _eval_step(self, stage: str, batch) -> None:
         x, y = batch
+        self._evaluated += len(y)
         if not len(y):
             # Every file of the batch was unreadable: nothing to count. Its keys are logged all the
             # same, with a weight of zero and the metrics not updated: the epoch-end reduction is a
@@ -107,6 +109,32 @@ class AlexNetSystem(L.LightningModule):
 
     def test_step(self, batch, batch_idx: int) -> None:
         self._eval_step("test", batch)
+
+    _evaluated = 0  # images counted in this evaluation, on this rank
+
+    def on_validation_epoch_start(self) -> None:
+        self._evaluated = 0
+
+    def on_test_epoch_start(self) -> None:
+        self._evaluated = 0
+
+    def on_validation_epoch_end(self) -> None:
+        if not self.trainer.sanity_checking:  # its few batches may all be a broken folder's
+            self._check_evaluated("validation")
+
+    def on_test_epoch_end(self) -> None:
+        self._check_evaluated("test")
+
+    def _check_evaluated(self, what: str) -> None:
+        """Stop when no rank counted an image: the errors would read 100% (an accuracy of nothing
+        is 0) and the loss NaN, and the best checkpoint would be chosen on them. A sum over the
+        ranks, so that all of them stop together."""
+        counted = self.trainer.strategy.reduce(torch.tensor(self._evaluated, device=self.device), reduce_op="sum")
+        if int(counted) == 0:
+            raise TrainingError(
+                f"the {what} found no readable image: every file it read was unreadable (see the warnings "
+                "naming them, and data.max_bad_images)"
+            )
 
     def predict_step(self, batch, batch_idx: int = 0) -> torch.Tensor:
         x = batch[0] if isinstance(batch, (tuple, list)) else batch
