@@ -66,6 +66,28 @@ def test_a_resumed_run_marks_its_restart_in_tensorboard_unless_given_a_purge_ste
     assert type(given).__name__ == "TensorBoardLogger"  # SummaryWriter's own marker, at step 5
 
 
+def test_after_a_resume_tensorboard_shows_the_new_runs_points_from_its_first_event_on_an_image_included(tmp_path):
+    # A resumed run's first event may be conv1's kernels (an epoch end replayed), before any scalar.
+    import torch
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    from alexnet.training.loggers import log_image
+
+    stopped = TensorBoardLogger(save_dir=str(tmp_path), name="tensorboard", version="")
+    for step in (4, 5, 6):
+        log_image(stopped, "conv1", torch.zeros(3, 4, 4), step)
+        stopped.log_metrics({"loss": 1.0}, step)
+    stopped.finalize("failed")
+    (resumed,) = build_loggers(compose_config().logger, tmp_path, resuming=True)
+    log_image(resumed, "conv1", torch.ones(3, 4, 4), 5)
+    resumed.log_metrics({"loss": 2.0}, 5)
+    resumed.finalize("success")
+    log = EventAccumulator(str(tmp_path / "tensorboard"))
+    log.Reload()
+    assert [(e.step, e.value) for e in log.Scalars("loss")] == [(4, 1.0), (5, 2.0)]
+    assert [e.step for e in log.Images("conv1")] == [4, 5]
+
+
 def test_keys_that_lightning_passes_on_are_accepted():
     check_loggers(compose_config("+logger.tensorboard.flush_secs=5").logger)  # to SummaryWriter
     if importlib.util.find_spec("wandb"):

@@ -21,10 +21,16 @@ from conftest import compose_config
 
 def test_auto_starts_workers_from_a_fork_server_in_a_distributed_process_and_else_as_the_platform_does(monkeypatch):
     assert start_method.method("auto", distributed=True) == "forkserver"
-    monkeypatch.setattr(multiprocessing, "get_start_method", lambda: "fork")  # Linux up to Python 3.13
+    monkeypatch.setattr(start_method, "_default_method", lambda: "fork")  # Linux up to Python 3.13
     assert start_method.method("auto", distributed=False) is None  # the DataLoader's default: fork
-    monkeypatch.setattr(multiprocessing, "get_start_method", lambda: "forkserver")  # Python 3.14's default
+    monkeypatch.setattr(start_method, "_default_method", lambda: "forkserver")  # Python 3.14's default
     assert start_method.method("auto", distributed=False) == "forkserver"  # with the preload
+
+
+def test_reading_the_default_start_method_does_not_fix_it():
+    before = multiprocessing.get_start_method(allow_none=True)
+    assert start_method._default_method() in multiprocessing.get_all_start_methods()
+    assert multiprocessing.get_start_method(allow_none=True) == before
 
 
 @pytest.mark.parametrize("setting", ["fork", "forkserver", "spawn"])

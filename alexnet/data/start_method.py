@@ -57,9 +57,18 @@ def method(setting: str, distributed: bool) -> str | None:
         return setting
     if "forkserver" not in multiprocessing.get_all_start_methods():
         return None
-    if distributed or multiprocessing.get_start_method() == "forkserver":
+    if distributed or _default_method() == "forkserver":
         return "forkserver"
     return None
+
+
+def _default_method() -> str:
+    """The start method multiprocessing uses now, without fixing it as ``get_start_method()``
+    does (a later ``set_start_method()`` without ``force=True`` would then raise)."""
+    chosen = multiprocessing.get_start_method(allow_none=True)
+    if chosen is None:  # not chosen yet: the platform's default context (private: no public way to read it)
+        chosen = multiprocessing.context._default_context._default_context.get_start_method()
+    return chosen
 
 
 def context(setting: str, distributed: bool) -> BaseContext | None:

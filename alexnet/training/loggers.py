@@ -213,7 +213,7 @@ class ResumedTensorBoardLogger(TensorBoardLogger):
     restart marker (a SessionLog START event, what SummaryWriter's ``purge_step``
     writes) at that scalar's step, and TensorBoard's Python reader (EventAccumulator:
     scripts/report.py, ``tensorboard --load_fast=false``) then hides the old events
-    from there on. (Its web view's data server drops a step that goes back by itself,
+    from there on (:func:`log_image` marks it too, if an image comes first). (Its web view's data server drops a step that goes back by itself,
     checked with TensorBoard 2.21; W&B drops steps below its current one; MLflow and
     CSV keep both.) The step is the first one this run logs, not read from the
     checkpoint: Lightning restores its logging step (``_batches_that_stepped``) with
@@ -224,11 +224,17 @@ class ResumedTensorBoardLogger(TensorBoardLogger):
     _restart_pending = True
 
     @rank_zero_only
-    def log_metrics(self, metrics, step: int | None = None) -> None:
-        if self._restart_pending and step is not None:
+    def mark_restart(self, step: int) -> None:
+        """Write the marker at ``step`` unless it is written: before this run's first event with a step."""
+        if self._restart_pending:
             self._restart_pending = False
             # SummaryWriter's own file writer, as Lightning's log_hyperparams uses it
             self.experiment._get_file_writer().add_event(Event(step=step, session_log=SessionLog(status=SessionLog.START)))
+
+    @rank_zero_only
+    def log_metrics(self, metrics, step: int | None = None) -> None:
+        if step is not None:
+            self.mark_restart(step)
         super().log_metrics(metrics, step)
 
 
@@ -272,6 +278,8 @@ def mlflow_keys(keys: dict, run_dir: Path) -> dict:
 def log_image(logger: Logger, key: str, image: torch.Tensor, step: int) -> None:
     """One (3, H, W) image with values in [0, 1] to a logger that takes images; CSV takes none."""
     if isinstance(logger, TensorBoardLogger):
+        if isinstance(logger, ResumedTensorBoardLogger):  # a resumed run's first event may be an image
+            logger.mark_restart(step)
         logger.experiment.add_image(key, image, step)
         return
     pixels = (image.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()  # (H, W, 3)
