@@ -46,17 +46,18 @@ def run_command(cmd: list[str], *, env: dict, timeout: float, cwd: Path = REPO) 
         out, err = process.communicate(timeout=timeout)
         return subprocess.CompletedProcess(cmd, process.returncode, out, err)
     except subprocess.TimeoutExpired:
-        _signal_group(process, signal.SIGABRT)
+        signal_group(process, signal.SIGABRT)
     try:
         out, err = process.communicate(timeout=10)  # the stacks, as each process aborts
     except subprocess.TimeoutExpired:
-        _signal_group(process, signal.SIGKILL)
+        signal_group(process, signal.SIGKILL)
         out, err = process.communicate()
     pytest.fail(f"still running after {timeout:.0f} s: {' '.join(cmd)}\n--- stdout (end)\n{out[-3000:]}\n"
                 f"--- stderr, with each process's stack (end)\n{err[-30000:]}", pytrace=False)
 
 
-def _signal_group(process: subprocess.Popen, sig: int) -> None:
+def signal_group(process: subprocess.Popen, sig: int) -> None:
+    """Send ``sig`` to the process group that ``process`` leads (started with start_new_session)."""
     with contextlib.suppress(ProcessLookupError):  # the group ended meanwhile
         os.killpg(process.pid, sig)
 

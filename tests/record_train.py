@@ -15,7 +15,6 @@ carries the callback. Environment variables:
 from __future__ import annotations
 
 import json
-import multiprocessing
 import os
 import signal
 import sys
@@ -29,6 +28,7 @@ import lightning as L  # noqa: E402
 
 import train as train_script  # noqa: E402
 from alexnet.config import check_run_dir_writable, inherit_run_overrides  # noqa: E402
+from alexnet.data import start_method  # noqa: E402
 from alexnet.parallel.ranks import data_parallel  # noqa: E402
 
 
@@ -66,7 +66,7 @@ def loader_workers(loader) -> dict:
     # (private: a loader with persistent workers keeps its iterator, and that its worker processes)
     workers = getattr(getattr(loader, "_iterator", None), "_workers", [])
     parents = [int(Path(f"/proc/{w.pid}/stat").read_text().rsplit(")", 1)[1].split()[1]) for w in workers]
-    return {"start_method": context.get_start_method() if context else multiprocessing.get_start_method(),
+    return {"start_method": context.get_start_method() if context else start_method._default_method(),
             "parents": parents, "pid": os.getpid()}
 
 

@@ -26,7 +26,7 @@ from typing import Callable
 import pytest
 import torch
 import yaml
-from conftest import REPO, TINY, compose_config
+from conftest import REPO, TINY, compose_config, signal_group
 from data_fixtures import image_tree
 
 import alexnet.training.trainer
@@ -67,14 +67,14 @@ def finish(proc: subprocess.Popen, log_dir: Path, timeout: float = 240) -> Resul
     try:
         proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
-        with_group(proc, signal.SIGABRT)  # as conftest.run_command: every process's stack on stderr
+        signal_group(proc, signal.SIGABRT)  # as conftest.run_command: every process's stack on stderr
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=10)
-        with_group(proc, signal.SIGKILL)
+        signal_group(proc, signal.SIGKILL)
         pytest.fail(f"still running after {timeout:.0f} s: {proc.args}\n--- stderr, with each process's stack (end)\n"
                     f"{(log_dir / 'stderr.txt').read_text()[-30000:]}", pytrace=False)
     finally:
-        with_group(proc, signal.SIGKILL)  # whatever is left of it: a DDP rank, a loader worker
+        signal_group(proc, signal.SIGKILL)  # whatever is left of it: a DDP rank, a loader worker
     return Result(proc.returncode, (log_dir / "stdout.txt").read_text(), (log_dir / "stderr.txt").read_text())
 
 
@@ -88,13 +88,6 @@ def add_callback(monkeypatch, callback, first: bool = False) -> None:
         return trainer
 
     monkeypatch.setattr(train_script, "build_trainer", build_with_callback)
-
-
-def with_group(proc: subprocess.Popen, sig: int) -> None:
-    try:
-        os.killpg(proc.pid, sig)  # the group this test started, and nothing else
-    except ProcessLookupError:
-        pass
 
 
 def wait_for(condition: Callable[[], bool], proc: subprocess.Popen, timeout: float = 120, poll: float = 0.05) -> bool:

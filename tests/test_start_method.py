@@ -34,7 +34,7 @@ def test_reading_the_default_start_method_does_not_fix_it():
 
 
 @pytest.mark.parametrize("setting", ["fork", "forkserver", "spawn"])
-def test_a_named_start_method_is_used_whatever_the_number_of_processes(setting):
+def test_a_named_start_method_is_used_in_a_distributed_process_or_not(setting):
     for distributed in (False, True):
         assert start_method.method(setting, distributed) == setting
         assert start_method.context(setting, distributed).get_start_method() == setting

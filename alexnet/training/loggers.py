@@ -209,16 +209,17 @@ class ResumedTensorBoardLogger(TensorBoardLogger):
     """Lightning's TensorBoardLogger for a resumed run: its curves go on with one point per step.
 
     The run that stopped logged the steps after its last checkpoint too, and this
-    one logs them again. Before its first scalar this logger writes TensorBoard's
-    restart marker (a SessionLog START event, what SummaryWriter's ``purge_step``
-    writes) at that scalar's step, and TensorBoard's Python reader (EventAccumulator:
-    scripts/report.py, ``tensorboard --load_fast=false``) then hides the old events
-    from there on (:func:`log_image` marks it too, if an image comes first). (Its web view's data server drops a step that goes back by itself,
-    checked with TensorBoard 2.21; W&B drops steps below its current one; MLflow and
-    CSV keep both.) The step is the first one this run logs, not read from the
-    checkpoint: Lightning restores its logging step (``_batches_that_stepped``) with
-    corrections of its own that depend on where the checkpoint was saved, and the
-    marker must fall exactly where the new points begin.
+    one logs them again. Before its first event (a scalar, or an image through
+    :func:`log_image`) this logger writes TensorBoard's restart marker (a SessionLog
+    START event, what SummaryWriter's ``purge_step`` writes) at that event's step,
+    and TensorBoard's Python reader (EventAccumulator: scripts/report.py,
+    ``tensorboard --load_fast=false``) then hides the old events from there on.
+    (Its web view's data server drops a step that goes back by itself, checked with
+    TensorBoard 2.21; W&B drops steps below its current one; MLflow and CSV keep
+    both.) The step is the first one this run logs, not read from the checkpoint:
+    Lightning restores its logging step (``_batches_that_stepped``) with corrections
+    of its own that depend on where the checkpoint was saved, and the marker must
+    fall exactly where the new points begin.
     """
 
     _restart_pending = True
