@@ -177,6 +177,23 @@ def test_under_ddp_a_rank_whose_validation_batches_are_all_unreadable_joins_the_
     assert math.isfinite(saved["test/loss"])
 
 
+def test_under_ddp_a_rank_past_max_bad_images_stops_the_whole_run_naming_its_shard(tmp_path):
+    # As above, rank 1 evaluates every class's second image; with loader workers, as users run.
+    # Its 3 unreadable files are over the limit of 2 in the sanity check, where rank 0 has none:
+    # the error names rank 1's shard, and rank 0 does not wait for it in a collective.
+    image_tree(tmp_path, classes=("a", "b", "c"), per_class=2, size=(40, 36))
+    for c in "abc":
+        (tmp_path / "val" / c / f"{c}_1.JPEG").write_bytes(b"\xff\xd8\xff garbage")
+    result = run_cli("train.py", f"hydra.run.dir={tmp_path / 'run'}", "data=folder", f"data.root={tmp_path}",
+                     "data.resize_size=36", "data.batch_size=4", "data.num_workers=2", "data.max_bad_images=2",
+                     "trainer.max_epochs=1", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
+                     "trainer.enable_progress_bar=false", timeout=300)
+    assert result.returncode != 0
+    assert ("data.max_bad_images: 3 unreadable images in the shard of data-parallel rank 1 of 2 "
+            "(each rank counts its own), more than the 2 allowed") in result.stderr, result.stderr[-3000:]
+    assert not (tmp_path / "run" / "results.json").exists()
+
+
 def test_an_evaluation_that_found_no_readable_image_stops_the_run_instead_of_reporting_100_percent_error(tmp_path):
     image_tree(tmp_path, classes=("a", "b"), per_class=2)
     for path in (tmp_path / "val").rglob("*.JPEG"):

@@ -276,9 +276,13 @@ class AlexNetDataModule(L.LightningDataModule):
             self._bad[key] = p
             warnings.warn(f"skipped unreadable image {p} ({len(self._bad)} so far)", stacklevel=2)
         if len(self._bad) > self.max_bad_images:
+            # Counted per data-parallel copy, without a collective: each copy reads a shard of
+            # its own, and Lightning's launcher stops the other processes when this one fails.
+            rank, size = data_parallel(self.trainer)
+            where = f" in the shard of data-parallel rank {rank} of {size} (each rank counts its own)" if size > 1 else ""
             raise ConfigError(
                 "data.max_bad_images",
-                f"{len(self._bad)} unreadable images, more than the {self.max_bad_images} allowed:\n  "
+                f"{len(self._bad)} unreadable images{where}, more than the {self.max_bad_images} allowed:\n  "
                 + "\n  ".join(self._bad.values()),
             )
 
