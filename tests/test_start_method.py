@@ -9,6 +9,11 @@ depend on how the workers started.
 from __future__ import annotations
 
 import multiprocessing
+import os
+import signal
+import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch.distributed as dist
@@ -16,7 +21,7 @@ from data_fixtures import image_tree
 
 from alexnet.data import FolderDataModule, start_method
 from alexnet.errors import ConfigError
-from conftest import compose_config
+from conftest import compose_config, run_command
 
 
 def test_auto_starts_workers_from_a_fork_server_in_a_distributed_process_and_else_as_the_platform_does(monkeypatch):
@@ -45,7 +50,7 @@ def test_the_fork_server_imports_the_script_and_the_data_modules_before_it_forks
     context = multiprocessing.get_context("forkserver")
     monkeypatch.setattr(type(context), "set_forkserver_preload", lambda self, modules: preloaded.append(modules))
     start_method.context("auto", distributed=True)
-    assert preloaded == [["__main__", "alexnet.data"]]
+    assert preloaded == [["alexnet.data.forkserver_guard", "__main__", "alexnet.data"]]
 
 
 def test_folder_data_defaults_to_auto_and_an_unknown_method_is_refused_naming_the_key():
@@ -64,3 +69,55 @@ def test_a_process_in_a_group_of_one_is_distributed_too(tmp_path):
         assert data._worker_context().get_start_method() == "forkserver"
     finally:
         dist.destroy_process_group()
+
+
+KILLED_RANK = '''
+import os, signal, sys
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from alexnet.data import start_method
+
+
+class Pids(Dataset):  # each item: the worker's pid and its parent's (the fork server)
+    def __len__(self):
+        return 4
+
+    def __getitem__(self, i):
+        return torch.tensor([os.getpid(), os.getppid()])
+
+
+if __name__ == "__main__":
+    loader = DataLoader(Pids(), batch_size=1, num_workers=2, persistent_workers=True,
+                        multiprocessing_context=start_method.context("auto", distributed=True))
+    pids = {int(p) for batch in loader for p in batch.flatten()}
+    Path(sys.argv[1]).write_text(" ".join(map(str, sorted(pids))))
+    os.kill(os.getpid(), signal.SIGKILL)  # with its persistent workers alive, as the OOM killer would
+'''
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state not in ("Z", "X")  # a zombie has exited, whoever reaps it
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_a_killed_ranks_fork_server_and_workers_die_with_it(tmp_path):
+    # Without alexnet/data/forkserver_guard.py they live on for good (each holds its fork server's
+    # alive pipe, and its own index queue's writing end), and with them this command's output
+    # pipes: run_command would time out.
+    script, pids = tmp_path / "rank.py", tmp_path / "pids"
+    script.write_text(KILLED_RANK)
+    result = run_command([sys.executable, str(script), str(pids)], env=dict(os.environ), timeout=120)
+    assert result.returncode == -signal.SIGKILL, result.stderr[-3000:]
+    left = [int(p) for p in pids.read_text().split()]
+    assert len(left) == 3  # the fork server and two workers
+    deadline = time.monotonic() + 30
+    while any(alive(p) for p in left) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not [p for p in left if alive(p)]

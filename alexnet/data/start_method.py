@@ -25,7 +25,9 @@ default), every epoch without. A run without a process group keeps the
 platform's default: fork on Linux up to Python 3.13, which starts workers at
 no cost (its threads are fewer, and the hang was not seen there); where the
 default is already a fork server (Python 3.14), it gets the preload too.
-``fork``, ``forkserver`` and ``spawn`` choose one method everywhere.
+``fork``, ``forkserver`` and ``spawn`` choose one method everywhere. A fork
+server, and through it its workers, dies with its rank, also when the rank
+is killed (alexnet/data/forkserver_guard.py).
 """
 
 from __future__ import annotations
@@ -36,9 +38,10 @@ from multiprocessing.context import BaseContext
 from ..errors import ConfigError
 
 CHOICES = ("auto", "fork", "forkserver", "spawn")
-# What the fork server imports before it forks a worker: the script that the rank runs (so
-# that unpickling the worker's arguments finds its classes) and the datasets and transforms.
-PRELOAD = ["__main__", "alexnet.data"]
+# What the fork server imports before it forks a worker: first the guard that makes it die with
+# its rank (alexnet/data/forkserver_guard.py), then the script that the rank runs (so that
+# unpickling the worker's arguments finds its classes) and the datasets and transforms.
+PRELOAD = ["alexnet.data.forkserver_guard", "__main__", "alexnet.data"]
 
 
 def check(setting: str) -> None:
