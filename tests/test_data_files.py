@@ -194,6 +194,25 @@ def test_under_ddp_a_rank_past_max_bad_images_stops_the_whole_run_naming_its_sha
     assert not (tmp_path / "run" / "results.json").exists()
 
 
+def test_under_ddp_when_rank_zero_fails_alone_the_process_it_launched_is_stopped_not_left_waiting(tmp_path):
+    # Rank 0 (the launching process) evaluates every class's first image: it fails alone in the
+    # sanity check. Its child must be killed, not left in a collective: with NCCL it would wait
+    # 30 minutes; with gloo it fails on the closed socket, later, with a traceback of its own.
+    # run_cli returns when every writer of the output pipes (the child too) has ended.
+    image_tree(tmp_path, classes=("a", "b", "c"), per_class=2, size=(40, 36))
+    for c in "abc":
+        (tmp_path / "val" / c / f"{c}_0.JPEG").write_bytes(b"\xff\xd8\xff garbage")
+    result = run_cli("train.py", f"hydra.run.dir={tmp_path / 'run'}", "data=folder", f"data.root={tmp_path}",
+                     "data.resize_size=36", "data.batch_size=4", "data.num_workers=2", "data.max_bad_images=2",
+                     "trainer.max_epochs=1", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
+                     "trainer.enable_progress_bar=false", timeout=300)
+    assert result.returncode == 1
+    assert "error: data.max_bad_images: 3 unreadable images in the shard of data-parallel rank 0 of 2" in result.stderr
+    assert "stopping the 1 DDP processes this one launched" in result.stdout  # (the log, on stdout)
+    assert "Connection closed by peer" not in result.stderr, result.stderr[-3000:]  # the child's own failure
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+
+
 def test_an_evaluation_that_found_no_readable_image_stops_the_run_instead_of_reporting_100_percent_error(tmp_path):
     image_tree(tmp_path, classes=("a", "b"), per_class=2)
     for path in (tmp_path / "val").rglob("*.JPEG"):

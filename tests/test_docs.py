@@ -23,9 +23,9 @@ from alexnet.config import validate
 
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md")), *sorted((REPO / "conf").rglob("*.yaml"))]
 # A command at the start of a line of a code block or a comment: "    python train.py ...",
-# "    srun python train.py ...", "#   e.g. python train.py ..."; prose that mentions one is left
+# "    srun --kill-on-bad-exit=1 python train.py ...", "#   e.g. python train.py ..."; prose that mentions one is left
 # alone, and so is a synopsis ("python train.py [group=option ...]").
-COMMAND = re.compile(r"^\s*(?:#\s*)?(?:e\.g\.\s+)?(?:srun\s+)?python train\.py(?=\s|$)(?P<args>.*)$")
+COMMAND = re.compile(r"^\s*(?:#\s*)?(?:e\.g\.\s+)?(?:srun(?:\s+--?[\w-]+(?:=\S+)?)*\s+)?python train\.py(?=\s|$)(?P<args>.*)$")
 SYNOPSIS = "...]"
 SHELL_VARIABLE = re.compile(r'^\s*(?P<name>[A-Z_]+)="(?P<value>[^"]*)"\s*$')
 

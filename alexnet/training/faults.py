@@ -4,21 +4,27 @@ SIGTERM and SLURM's requeue signal go through Lightning's signal connector
 (``SLURMEnvironment(auto_requeue=True)`` is selected under ``srun``), with one
 change, :class:`SignalsAtBatchEnd`: what Lightning does inside the signal
 handler is deferred to the end of a training batch, where all ranks act
-together. :class:`SaveOnSigterm` turns the stop into a saved ``last.ckpt``.
+together. :class:`SaveOnSigterm` turns the stop into a saved ``last.ckpt``;
+:class:`StopLaunchedOnError` stops the DDP processes that a failed rank zero launched.
 Lightning has no guard against a NaN loss any more (``terminate_on_nan`` is
 gone), so :class:`NonFiniteGuard` is written here.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import lightning as L
 import torch
 from lightning.fabric.utilities.rank_zero import rank_prefixed_message
+from lightning.pytorch.strategies.launchers import _SubprocessScriptLauncher
+from lightning.pytorch.trainer.connectors.signal_connector import _get_sigkill_signal
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
@@ -214,6 +220,43 @@ class CheckpointsWritable(L.Callback):
             check_writable(self.folder)  # every rank: they agree on a shared file system
 
 
+class StopLaunchedOnError(L.Callback):
+    """When the process that launched the other DDP processes fails, kill them.
+
+    Lightning's launcher (one node, ``trainer=ddp`` without torchrun or srun)
+    watches the processes it started, and kills them all when one of those
+    fails; but when the launching process (rank zero) fails alone (more
+    unreadable images in its shard than ``data.max_bad_images``, a checkpoint
+    it cannot write, running out of memory), Lightning kills the others only
+    for Ctrl-C. Otherwise they wait in their next collective: with NCCL until
+    the process-group timeout (30 minutes), holding their GPUs; with gloo until
+    the closed socket fails them (seen: 45 s, then a traceback of theirs that
+    hides the error). They get ``grace_s`` to end on their own first, as they
+    do when every rank stops with the same error (a NaN loss) and prints it.
+    SIGTERM is left alone: every rank stops on it together and saves
+    ``last.ckpt`` (:class:`SaveOnSigterm`).
+    """
+
+    def __init__(self, grace_s: float = 10.0) -> None:
+        self.grace_s = grace_s
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        launcher = trainer.strategy.launcher
+        if isinstance(exception, SIGTERMException) or not isinstance(launcher, _SubprocessScriptLauncher):
+            return
+        # launcher.procs: filled in rank zero of Lightning's launcher, empty in the processes it launched
+        deadline = time.monotonic() + self.grace_s
+        for proc in launcher.procs:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+        running = [proc for proc in launcher.procs if proc.poll() is None]
+        if running:
+            log.info("stopping the %d DDP processes this one launched: still running %.0f s after its error",
+                     len(running), self.grace_s)
+            launcher.kill(_get_sigkill_signal())
+
+
 def fault_callbacks(nonfinite_loss: str, last: Path) -> list[L.Callback]:
     """The callbacks of this module for a run whose ``last.ckpt`` is ``last``."""
-    return [NonFiniteGuard(nonfinite_loss), SignalsAtBatchEnd(), SaveOnSigterm(last), CheckpointsWritable(Path(last).parent)]
+    return [NonFiniteGuard(nonfinite_loss), SignalsAtBatchEnd(), SaveOnSigterm(last), CheckpointsWritable(Path(last).parent),
+            StopLaunchedOnError()]
