@@ -242,8 +242,8 @@ class StopLaunchedOnError(L.Callback):
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         launcher = trainer.strategy.launcher
-        if isinstance(exception, SIGTERMException) or not isinstance(launcher, _SubprocessScriptLauncher):
-            return
+        if isinstance(exception, (SIGTERMException, KeyboardInterrupt)) or not isinstance(launcher, _SubprocessScriptLauncher):
+            return  # (Lightning kills them after a Ctrl-C itself)
         # launcher.procs: filled in rank zero of Lightning's launcher, empty in the processes it launched
         deadline = time.monotonic() + self.grace_s
         for proc in launcher.procs:
