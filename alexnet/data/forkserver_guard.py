@@ -11,6 +11,8 @@ and its two validation workers, still alive minutes later. PyTorch's workers
 do watch their parent, which is the server, not the rank: so the server asks
 Linux to kill it when the rank dies (``PR_SET_PDEATHSIG``), and then its
 workers exit on their own within seconds (torch's ``MP_STATUS_CHECK_INTERVAL``).
+Linux sends the signal when the thread that started the server ends: here
+the rank's main thread, where Lightning iterates the loaders.
 Elsewhere (macOS) this does nothing.
 """
 
