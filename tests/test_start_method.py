@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import shutil
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -50,7 +52,7 @@ def test_the_fork_server_imports_the_script_and_the_data_modules_before_it_forks
     context = multiprocessing.get_context("forkserver")
     monkeypatch.setattr(type(context), "set_forkserver_preload", lambda self, modules: preloaded.append(modules))
     start_method.context("auto", distributed=True)
-    assert preloaded == [["alexnet.data.forkserver_guard", "__main__", "alexnet.data"]]
+    assert preloaded == [["__main__", "alexnet.data.forkserver_guard", "alexnet.data"]]
 
 
 def test_folder_data_defaults_to_auto_and_an_unknown_method_is_refused_naming_the_key():
@@ -94,7 +96,8 @@ if __name__ == "__main__":
                         multiprocessing_context=start_method.context("auto", distributed=True))
     pids = {int(p) for batch in loader for p in batch.flatten()}
     Path(sys.argv[1]).write_text(" ".join(map(str, sorted(pids))))
-    os.kill(os.getpid(), signal.SIGKILL)  # with its persistent workers alive, as the OOM killer would
+    if sys.argv[2] == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)  # with its persistent workers alive, as the OOM killer would
 '''
 
 
@@ -113,7 +116,7 @@ def test_a_killed_ranks_fork_server_and_workers_die_with_it(tmp_path):
     # pipes: run_command would time out.
     script, pids = tmp_path / "rank.py", tmp_path / "pids"
     script.write_text(KILLED_RANK)
-    result = run_command([sys.executable, str(script), str(pids)], env=dict(os.environ), timeout=120)
+    result = run_command([sys.executable, str(script), str(pids), "kill"], env=dict(os.environ), timeout=120)
     assert result.returncode == -signal.SIGKILL, result.stderr[-3000:]
     left = [int(p) for p in pids.read_text().split()]
     assert len(left) == 3  # the fork server and two workers
@@ -121,3 +124,21 @@ def test_a_killed_ranks_fork_server_and_workers_die_with_it(tmp_path):
     while any(alive(p) for p in left) and time.monotonic() < deadline:
         time.sleep(0.5)
     assert not [p for p in left if alive(p)]
+
+
+def can_be_pid_1() -> bool:
+    unshare = shutil.which("unshare")
+    return unshare is not None and subprocess.run([unshare, "--pid", "--fork", "--mount-proc", "true"],
+                                                  capture_output=True).returncode == 0
+
+
+@pytest.mark.skipif(not can_be_pid_1(), reason="needs unshare --pid (Linux, root) to run a process as pid 1")
+def test_a_rank_that_is_pid_1_as_a_containers_entrypoint_starts_its_workers_from_its_fork_server(tmp_path):
+    # The Dockerfile's entrypoint is `python train.py`: pid 1, the parent of its fork server. The
+    # guard must not read a parent pid of 1 as a dead rank (it did, and the server quit at start).
+    script, pids = tmp_path / "rank.py", tmp_path / "pids"
+    script.write_text(KILLED_RANK)
+    result = run_command(["unshare", "--pid", "--fork", "--mount-proc", sys.executable, str(script), str(pids), "exit"],
+                         env=dict(os.environ), timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert len(pids.read_text().split()) == 3  # the fork server and two workers

@@ -33,15 +33,18 @@ is killed (alexnet/data/forkserver_guard.py).
 from __future__ import annotations
 
 import multiprocessing
+import os
 from multiprocessing.context import BaseContext
 
 from ..errors import ConfigError
 
 CHOICES = ("auto", "fork", "forkserver", "spawn")
-# What the fork server imports before it forks a worker: first the guard that makes it die with
-# its rank (alexnet/data/forkserver_guard.py), then the script that the rank runs (so that
-# unpickling the worker's arguments finds its classes) and the datasets and transforms.
-PRELOAD = ["alexnet.data.forkserver_guard", "__main__", "alexnet.data"]
+# What the fork server imports before it forks a worker: the script that the rank runs (so that
+# unpickling the worker's arguments finds its classes; CPython imports it first), the guard that
+# makes the server die with its rank (alexnet/data/forkserver_guard.py), the datasets and transforms.
+PRELOAD = ["__main__", "alexnet.data.forkserver_guard", "alexnet.data"]
+# The rank that starts a fork server, for the server to check (alexnet/data/forkserver_guard.py).
+PARENT_ENV = "ALEXNET_FORKSERVER_PARENT"
 
 
 def check(setting: str) -> None:
@@ -81,6 +84,8 @@ def context(setting: str, distributed: bool) -> BaseContext | None:
         return None
     ctx = multiprocessing.get_context(chosen)
     if chosen == "forkserver":
-        # Takes effect when this process's server starts, at its first worker; later calls change nothing.
+        # Both take effect when this process's server starts, at its first worker (which inherits
+        # the environment); later calls change nothing.
         ctx.set_forkserver_preload(PRELOAD)
+        os.environ[PARENT_ENV] = str(os.getpid())
     return ctx
