@@ -244,16 +244,23 @@ class StopLaunchedOnError(L.Callback):
         launcher = trainer.strategy.launcher
         if isinstance(exception, (SIGTERMException, KeyboardInterrupt)) or not isinstance(launcher, _SubprocessScriptLauncher):
             return  # (Lightning kills them after a Ctrl-C itself)
-        # launcher.procs: filled in rank zero of Lightning's launcher, empty in the processes it launched
+        # launcher.procs: filled in rank zero of Lightning's launcher, empty in the processes it launched.
+        # Lightning's watcher thread (every 5 s) reads that same list, and kills this process as soon as
+        # a child has ended with an error, its own or the kill below, cutting this one's error report
+        # short: empty the list (the watcher then stops), and watch them here instead.
+        procs = list(launcher.procs)
+        launcher.procs.clear()
         deadline = time.monotonic() + self.grace_s
-        for proc in launcher.procs:
+        for proc in procs:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=max(0.0, deadline - time.monotonic()))
-        running = [proc for proc in launcher.procs if proc.poll() is None]
+        running = [proc for proc in procs if proc.poll() is None]
         if running:
             log.info("stopping the %d DDP processes this one launched: still running %.0f s after its error",
                      len(running), self.grace_s)
-            launcher.kill(_get_sigkill_signal())
+            for proc in running:
+                proc.send_signal(_get_sigkill_signal())
+                proc.wait()
 
 
 def fault_callbacks(nonfinite_loss: str, last: Path) -> list[L.Callback]:
