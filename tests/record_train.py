@@ -10,6 +10,7 @@ carries the callback. Environment variables:
     KILL_AT_STEP=N   once N training steps are done and their checkpoints written,
                      SIGKILL the whole process group (kill -9 of the job)
     SIGTERM_AT_STEP=N  during training step N+1, rank zero gets SIGTERM (as from a scheduler)
+    KILL_AT_VALIDATION=N  SIGKILL the whole process group as the validation after step N starts
 """
 
 from __future__ import annotations
@@ -46,6 +47,10 @@ class Record(L.Callback):
         self.batches.append([trainer.current_epoch, step, trainer.datamodule.batch_indices.tolist()])
         if not self.workers:
             self.workers = {"train": loader_workers(trainer.train_dataloader)}
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        if not trainer.sanity_checking and os.environ.get("KILL_AT_VALIDATION") == str(trainer.global_step):
+            os.killpg(os.getpgid(0), signal.SIGKILL)
 
     def on_train_end(self, trainer, pl_module) -> None:
         folder = os.environ.get("RECORD_DIR")

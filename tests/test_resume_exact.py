@@ -93,6 +93,37 @@ def test_a_run_stopped_mid_epoch_resumes_to_the_uninterrupted_runs_weights_and_m
     assert_same_training(final_state(run), uninterrupted[processes])
 
 
+def test_a_run_killed_during_its_end_of_epoch_validation_resumes_to_the_uninterrupted_runs_weights_and_curves(data, uninterrupted_runs, tmp_path):
+    # A step checkpoint at the epoch's last batch (step 6), written before the epoch's validation,
+    # resumed into a run that skipped that validation and trained no batch of the next epoch.
+    run = tmp_path / "run"
+    steps = STEPS["one process"]
+    killed = run_recording(run, tmp_path / "records", *args(data, "one process"), env={"KILL_AT_VALIDATION": str(steps)})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    saved_at = final_state(run)["global_step"]
+    resumed = run_recording(run, tmp_path / "records", *args(data, "one process"), "ckpt_path=last")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert_same_training(final_state(run), final_state(uninterrupted_runs["one process"]))
+    ours, theirs = scalars(run), scalars(uninterrupted_runs["one process"])
+    assert len(theirs["val/top1_error"]) == 2
+    assert ours["val/top1_error"] == theirs["val/top1_error"]  # both epochs validated, each once, as there
+    assert saved_at == steps - 1  # it resumed from the step save before the last batch (StepCheckpoint)
+
+
+def test_a_sigterm_in_an_epochs_last_batch_stops_after_the_next_batch_and_resumes_to_the_uninterrupted_runs_weights(data, uninterrupted, tmp_path):
+    # Acted on at the last batch's end, before the validation, it saved a checkpoint that
+    # Lightning resumed without the next epoch (the run ended at step 6 of 12).
+    run = tmp_path / "run"
+    steps = STEPS["one process"]
+    stopped = run_recording(run, tmp_path / "records", *args(data, "one process"), env={"SIGTERM_AT_STEP": str(steps - 1)})
+    assert stopped.returncode == 143, stopped.stderr[-3000:]
+    saved_at = final_state(run)["global_step"]
+    resumed = run_recording(run, tmp_path / "records", *args(data, "one process"), "ckpt_path=last")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert_same_training(final_state(run), uninterrupted["one process"])
+    assert saved_at == steps + 1  # after the validation and the next epoch's first batch
+
+
 def test_after_a_kill_between_checkpoints_tensorboard_has_each_step_once_with_the_uninterrupted_runs_values(data, uninterrupted_runs, tmp_path):
     # A checkpoint every 4 steps and at the epoch's end (6 steps), killed after step 11: the killed
     # run logged steps 8-10 after its last checkpoint, and the resumed run logs them again.

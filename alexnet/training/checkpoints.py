@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from ..errors import ConfigError, TrainingError
@@ -108,6 +109,34 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 # ---------------------------------------------------------------- reading
+
+
+class StepCheckpoint(ModelCheckpoint):
+    """``last.ckpt`` every ``every_n_train_steps`` training steps, but not at an epoch's last batch.
+
+    Lightning 2.6 cannot resume from a save made there, inside the last batch's
+    ``on_train_batch_end``, before the epoch's validation: it counts the epoch
+    as done, skips its validation, and gives the next epoch the loader's saved
+    position, the end of the epoch, so that epoch trains no batch at all
+    (reproduced: killed while validating epoch 1 of 3, the resumed run stopped
+    at step 40 of 60, "max_epochs=3 reached"). A kill during that validation,
+    which lasts minutes on ImageNet, lost an epoch. Without the save there, the
+    run resumes from the step save before (mid-epoch, exact), trains the last
+    steps again and validates. The epoch-end save follows the validation. (A
+    SIGTERM or SLURM's signal there is acted on one batch later, for the same
+    reason: alexnet/training/faults.py.)
+    """
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if not at_epochs_last_batch(trainer):
+            super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
+
+def at_epochs_last_batch(trainer) -> bool:
+    """In the hooks of the training epoch's last batch, where a checkpoint saved is not resumable."""
+    epoch_loop = trainer.fit_loop.epoch_loop
+    # (private: Lightning's own test of the epoch's end, limit_train_batches included)
+    return epoch_loop.batch_progress.is_last_batch or epoch_loop._num_ready_batches_reached()
 
 
 def resolve_ckpt_path(ckpt_path: str | None, run_dir: Path) -> Path | None:

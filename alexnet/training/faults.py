@@ -29,7 +29,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from ..errors import ConfigError, TrainingError
-from .checkpoints import check_writable
+from .checkpoints import at_epochs_last_batch, check_writable
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +131,7 @@ class SignalsAtBatchEnd(L.Callback):
     (seen: two CPU processes hung for good after one SIGTERM). Here the
     handlers Lightning registers only note the signal (rank zero still forwards
     SIGTERM to the processes it launched, as Lightning does); at the end of
-    every training batch, and when training ends, the notes are summed over the
+    every training batch but an epoch's last, and when training ends, the notes are summed over the
     ranks, and then every rank runs Lightning's requeue handler (hpc checkpoint,
     ``scontrol requeue``) or stops with ``SIGTERMException`` together.
     """
@@ -176,6 +176,10 @@ class SignalsAtBatchEnd(L.Callback):
             raise SIGTERMException()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if at_epochs_last_batch(trainer):
+            # A save here is one Lightning cannot resume (alexnet/training/checkpoints.py, StepCheckpoint):
+            # act after the epoch's validation, at the next batch's end, as for a signal during validation.
+            return
         self._act(trainer, pl_module)
 
     def on_train_end(self, trainer, pl_module) -> None:

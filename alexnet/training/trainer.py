@@ -12,7 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 from ..parallel.placement import splits_towers
 from ..parallel.strategy import TowerParallelStrategy
 from .callbacks import Conv1Kernels, FlatStart, LRNStrength, ThroughputProgressBar
-from .checkpoints import CHECKPOINT_DIR, LAST, AtomicCheckpointIO
+from .checkpoints import CHECKPOINT_DIR, LAST, AtomicCheckpointIO, StepCheckpoint
 from .fast_path import configure as fast_path_callbacks
 from .faults import fault_callbacks
 from .loggers import TrackerIds, build_loggers
@@ -55,7 +55,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path, resuming: bool = False) -> L.T
     if cfg.get("flat_start_steps"):
         callbacks.append(FlatStart(cfg.flat_start_steps))  # warns once if the loss sits at chance
     if cfg.checkpoint.every_n_train_steps:
-        callbacks.append(ModelCheckpoint(**last, every_n_train_steps=cfg.checkpoint.every_n_train_steps))
+        callbacks.append(StepCheckpoint(**last, every_n_train_steps=cfg.checkpoint.every_n_train_steps))
     callbacks += fault_callbacks(cfg.nonfinite_loss, run_dir / CHECKPOINT_DIR / LAST)
     trainer_args = OmegaConf.to_container(cfg.trainer, resolve=True)
     callbacks += fast_path_callbacks(cfg.get("fast_path"), trainer_args)  # reads them, changes none
