@@ -177,17 +177,22 @@ def test_under_ddp_a_rank_whose_validation_batches_are_all_unreadable_joins_the_
     assert math.isfinite(saved["test/loss"])
 
 
-def test_under_ddp_a_rank_past_max_bad_images_stops_the_whole_run_naming_its_shard(tmp_path):
-    # As above, rank 1 evaluates every class's second image; with loader workers, as users run.
-    # Its 3 unreadable files are over the limit of 2 in the sanity check, where rank 0 has none:
-    # the error names rank 1's shard, and rank 0 does not wait for it in a collective.
-    image_tree(tmp_path, classes=("a", "b", "c"), per_class=2, size=(40, 36))
+def ddp_run_with_broken_validation_images(root, image: int):
+    """2 gloo processes with loader workers, as users run, on 3 classes of 2 validation images whose
+    image number ``image`` is unreadable in every class: rank r evaluates image r of each (as above).
+    Those 3 files are over data.max_bad_images=2 in the sanity check, where the other rank has none."""
+    image_tree(root, classes=("a", "b", "c"), per_class=2, size=(40, 36))
     for c in "abc":
-        (tmp_path / "val" / c / f"{c}_1.JPEG").write_bytes(b"\xff\xd8\xff garbage")
-    result = run_cli("train.py", f"hydra.run.dir={tmp_path / 'run'}", "data=folder", f"data.root={tmp_path}",
-                     "data.resize_size=36", "data.batch_size=4", "data.num_workers=2", "data.max_bad_images=2",
-                     "trainer.max_epochs=1", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
-                     "trainer.enable_progress_bar=false", timeout=300)
+        (root / "val" / c / f"{c}_{image}.JPEG").write_bytes(b"\xff\xd8\xff garbage")
+    return run_cli("train.py", f"hydra.run.dir={root / 'run'}", "data=folder", f"data.root={root}",
+                   "data.resize_size=36", "data.batch_size=4", "data.num_workers=2", "data.max_bad_images=2",
+                   "trainer.max_epochs=1", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
+                   "trainer.enable_progress_bar=false", timeout=300)
+
+
+def test_under_ddp_a_rank_past_max_bad_images_stops_the_whole_run_naming_its_shard(tmp_path):
+    # Rank 1 fails alone; Lightning's launcher in rank 0 stops the run.
+    result = ddp_run_with_broken_validation_images(tmp_path, image=1)
     assert result.returncode != 0
     assert ("data.max_bad_images: 3 unreadable images in the shard of data-parallel rank 1 of 2 "
             "(each rank counts its own), more than the 2 allowed") in result.stderr, result.stderr[-3000:]
@@ -195,17 +200,10 @@ def test_under_ddp_a_rank_past_max_bad_images_stops_the_whole_run_naming_its_sha
 
 
 def test_under_ddp_when_rank_zero_fails_alone_the_process_it_launched_is_stopped_not_left_waiting(tmp_path):
-    # Rank 0 (the launching process) evaluates every class's first image: it fails alone in the
-    # sanity check. Its child must be killed, not left in a collective: with NCCL it would wait
-    # 30 minutes; with gloo it fails on the closed socket, later, with a traceback of its own.
-    # run_cli returns when every writer of the output pipes (the child too) has ended.
-    image_tree(tmp_path, classes=("a", "b", "c"), per_class=2, size=(40, 36))
-    for c in "abc":
-        (tmp_path / "val" / c / f"{c}_0.JPEG").write_bytes(b"\xff\xd8\xff garbage")
-    result = run_cli("train.py", f"hydra.run.dir={tmp_path / 'run'}", "data=folder", f"data.root={tmp_path}",
-                     "data.resize_size=36", "data.batch_size=4", "data.num_workers=2", "data.max_bad_images=2",
-                     "trainer.max_epochs=1", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
-                     "trainer.enable_progress_bar=false", timeout=300)
+    # Rank 0, the launching process, fails alone. Its child must be killed, not left in a collective:
+    # with NCCL it would wait 30 minutes; with gloo it fails on the closed socket, later, with a
+    # traceback of its own. run_cli returns when every writer of the output pipes (the child too) has ended.
+    result = ddp_run_with_broken_validation_images(tmp_path, image=0)
     assert result.returncode == 1
     assert "error: data.max_bad_images: 3 unreadable images in the shard of data-parallel rank 0 of 2" in result.stderr
     assert "stopping the 1 DDP processes this one launched" in result.stdout  # (the log, on stdout)
