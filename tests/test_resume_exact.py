@@ -110,6 +110,20 @@ def test_a_run_killed_during_its_end_of_epoch_validation_resumes_to_the_uninterr
     assert saved_at == steps - 1  # it resumed from the step save before the last batch (StepCheckpoint)
 
 
+def test_a_step_save_due_at_an_epochs_last_batch_is_made_at_its_end_when_the_epoch_saves_nothing(data, uninterrupted, tmp_path):
+    # Every 3 steps, no epoch-end save in epoch 1 (every 2 epochs): the save due at step 6, the last
+    # batch, is made at the epoch's end, so a kill at step 7 loses nothing (not steps 4-6).
+    run = tmp_path / "run"
+    every_3 = [a.replace("every_n_train_steps=1", "every_n_train_steps=3") for a in args(data, "one process")]
+    killed = run_recording(run, tmp_path / "records", *every_3, "checkpoint.every_n_epochs=2",
+                           env={"KILL_AT_STEP": str(STEPS["one process"] + 1)})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    assert final_state(run)["global_step"] == STEPS["one process"]
+    resumed = run_recording(run, tmp_path / "records", *every_3, "checkpoint.every_n_epochs=2", "ckpt_path=last")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert_same_training(final_state(run), uninterrupted["one process"])
+
+
 def test_a_sigterm_in_an_epochs_last_batch_stops_after_the_next_batch_and_resumes_to_the_uninterrupted_runs_weights(data, uninterrupted, tmp_path):
     # Acted on at the last batch's end, before the validation, it saved a checkpoint that
     # Lightning resumed without the next epoch (the run ended at step 6 of 12).

@@ -122,14 +122,33 @@ class StepCheckpoint(ModelCheckpoint):
     at step 40 of 60, "max_epochs=3 reached"). A kill during that validation,
     which lasts minutes on ImageNet, lost an epoch. Without the save there, the
     run resumes from the step save before (mid-epoch, exact), trains the last
-    steps again and validates. The epoch-end save follows the validation. (A
+    steps again and validates. The save that was due at the last batch is made
+    at the epoch's end, after the validation. (A
     SIGTERM or SLURM's signal there is acted on one batch later, for the same
     reason: alexnet/training/faults.py.)
     """
 
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self._due_at_epoch_end = False
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if not at_epochs_last_batch(trainer):
             super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        elif trainer.global_step % self._every_n_train_steps == 0:
+            # The save due here is made at the epoch's end instead, where Lightning resumes exactly:
+            # an epoch without an epoch-end save (checkpoint.every_n_epochs > 1, or no validation
+            # that epoch) would otherwise keep an older last.ckpt than the steps promise.
+            self._due_at_epoch_end = True
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        super().on_train_epoch_end(trainer, pl_module)  # (saves nothing: every_n_epochs is 0 here)
+        if self._due_at_epoch_end and not self._should_skip_saving_checkpoint(trainer):
+            # (private: what ModelCheckpoint's own step save calls)
+            candidates = self._monitor_candidates(trainer)
+            self._save_topk_checkpoint(trainer, candidates)
+            self._save_last_checkpoint(trainer, candidates)
+        self._due_at_epoch_end = False
 
 
 def at_epochs_last_batch(trainer) -> bool:
