@@ -73,7 +73,9 @@ def test_a_process_in_a_group_of_one_is_distributed_too(tmp_path):
         dist.destroy_process_group()
 
 
-KILLED_RANK = '''
+# A process that starts loader workers as a rank does (from its fork server), writes the pids of
+# the server and the workers, and, with "kill", SIGKILLs itself with its persistent workers alive.
+RANK_WITH_WORKERS = '''
 import os, signal, sys
 from pathlib import Path
 
@@ -101,6 +103,14 @@ if __name__ == "__main__":
 '''
 
 
+def run_rank(tmp_path, mode: str, *launcher: str) -> tuple[subprocess.CompletedProcess, list[int]]:
+    """RANK_WITH_WORKERS run (under ``launcher``, if given): its result, and the pids it wrote."""
+    script, pids = tmp_path / "rank.py", tmp_path / "pids"
+    script.write_text(RANK_WITH_WORKERS)
+    result = run_command([*launcher, sys.executable, str(script), str(pids), mode], env=dict(os.environ), timeout=120)
+    return result, [int(p) for p in pids.read_text().split()] if pids.is_file() else []
+
+
 def alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
@@ -114,11 +124,8 @@ def test_a_killed_ranks_fork_server_and_workers_die_with_it(tmp_path):
     # Without alexnet/data/forkserver_guard.py they live on for good (each holds its fork server's
     # alive pipe, and its own index queue's writing end), and with them this command's output
     # pipes: run_command would time out.
-    script, pids = tmp_path / "rank.py", tmp_path / "pids"
-    script.write_text(KILLED_RANK)
-    result = run_command([sys.executable, str(script), str(pids), "kill"], env=dict(os.environ), timeout=120)
+    result, left = run_rank(tmp_path, "kill")
     assert result.returncode == -signal.SIGKILL, result.stderr[-3000:]
-    left = [int(p) for p in pids.read_text().split()]
     assert len(left) == 3  # the fork server and two workers
     deadline = time.monotonic() + 30
     while any(alive(p) for p in left) and time.monotonic() < deadline:
@@ -126,19 +133,13 @@ def test_a_killed_ranks_fork_server_and_workers_die_with_it(tmp_path):
     assert not [p for p in left if alive(p)]
 
 
-def can_be_pid_1() -> bool:
-    unshare = shutil.which("unshare")
-    return unshare is not None and subprocess.run([unshare, "--pid", "--fork", "--mount-proc", "true"],
-                                                  capture_output=True).returncode == 0
-
-
-@pytest.mark.skipif(not can_be_pid_1(), reason="needs unshare --pid (Linux, root) to run a process as pid 1")
 def test_a_rank_that_is_pid_1_as_a_containers_entrypoint_starts_its_workers_from_its_fork_server(tmp_path):
     # The Dockerfile's entrypoint is `python train.py`: pid 1, the parent of its fork server. The
     # guard must not read a parent pid of 1 as a dead rank (it did, and the server quit at start).
-    script, pids = tmp_path / "rank.py", tmp_path / "pids"
-    script.write_text(KILLED_RANK)
-    result = run_command(["unshare", "--pid", "--fork", "--mount-proc", sys.executable, str(script), str(pids), "exit"],
-                         env=dict(os.environ), timeout=120)
+    unshare = shutil.which("unshare")
+    as_pid_1 = [unshare, "--pid", "--fork", "--mount-proc"]
+    if unshare is None or subprocess.run([*as_pid_1, "true"], capture_output=True).returncode:
+        pytest.skip("needs unshare --pid (Linux, root) to run a process as pid 1")
+    result, pids = run_rank(tmp_path, "exit", *as_pid_1)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert len(pids.read_text().split()) == 3  # the fork server and two workers
+    assert len(pids) == 3  # the fork server and two workers

@@ -108,9 +108,6 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         atomic_torch_save(checkpoint, path)
 
 
-# ---------------------------------------------------------------- reading
-
-
 class StepCheckpoint(ModelCheckpoint):
     """``last.ckpt`` every ``every_n_train_steps`` training steps, but not at an epoch's last batch.
 
@@ -123,9 +120,9 @@ class StepCheckpoint(ModelCheckpoint):
     which lasts minutes on ImageNet, lost an epoch. Without the save there, the
     run resumes from the step save before (mid-epoch, exact), trains the last
     steps again and validates. The save that was due at the last batch is made
-    at the epoch's end, after the validation. (A
-    SIGTERM or SLURM's signal there is acted on one batch later, for the same
-    reason: alexnet/training/faults.py.)
+    at the epoch's end, after the validation. (A SIGTERM or SLURM's signal
+    there is acted on one batch later, for the same reason:
+    alexnet/training/faults.py.)
     """
 
     def __init__(self, **kwargs) -> None:
@@ -156,6 +153,9 @@ def at_epochs_last_batch(trainer) -> bool:
     epoch_loop = trainer.fit_loop.epoch_loop
     # (private: Lightning's own test of the epoch's end, limit_train_batches included)
     return epoch_loop.batch_progress.is_last_batch or epoch_loop._num_ready_batches_reached()
+
+
+# ---------------------------------------------------------------- reading
 
 
 def resolve_ckpt_path(ckpt_path: str | None, run_dir: Path) -> Path | None:
