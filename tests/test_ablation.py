@@ -222,6 +222,20 @@ def test_a_run_finished_before_an_option_was_added_is_still_finished_but_not_one
         finished_results(cfg, tmp_path)
 
 
+def test_reproduction_md_reports_the_committed_sweep_as_report_py_writes_it(tmp_path):
+    # docs/REPRODUCTION.md's table is report.py's output for the runs kept in docs/runs, not typed
+    # by hand: a run added or removed, or a number edited, without regenerating it fails here.
+    runs = REPO / "docs" / "runs" / "ablation_cifar"
+    result = run_cli("scripts/report.py", str(runs), "--out", str(tmp_path))
+    assert result.returncode == 0, result.stderr[-3000:]
+    text = (REPO / "docs" / "REPRODUCTION.md").read_text()
+    begin, end = "<!-- report.py's report.md: begin -->\n", "<!-- report.py's report.md: end -->"
+    assert text[text.index(begin) + len(begin):text.index(end)] == (tmp_path / "report.md").read_text()
+    rows = setting_rows((tmp_path / "report.md").read_text())
+    assert len(rows) == 6 and all(row[1] == "2 (0,1)" for row in rows.values())  # 6 settings, 2 seeds each
+    assert float(rows["baseline"][2].split(" ± ")[0]) <= 25.0  # the baseline the sweep needs (issue 13)
+
+
 def test_the_report_tabulates_the_tiny_sweep_with_its_lrn_strengths(killed_and_rerun):
     folder, _, _ = killed_and_rerun
     report = run_cli("scripts/report.py", str(folder))
